@@ -1,0 +1,13 @@
+"""mnistgan: generative adversarial networks that draw handwritten digits.
+
+    import mnistgan
+    run = mnistgan.train("tf-dcgan-tutorial", epochs=5)
+    run.grid(16)
+"""
+
+__version__ = "0.1.0"
+
+from .api import Run, load, resolve_config, train  # noqa: E402
+from .errors import UserError  # noqa: E402
+
+__all__ = ["Run", "UserError", "load", "resolve_config", "train"]

@@ -1,0 +1,197 @@
+"""Train, load, sample and evaluate as plain functions; the CLI and notebooks both call these.
+
+    import mnistgan
+    run = mnistgan.train("tf-dcgan-tutorial", epochs=5, out="runs/tf5")
+    run.grid(16)                 # a PIL image; shown inline in Jupyter
+    images = run.sample(1000)    # tensor (1000, 1, 28, 28) in [-1, 1]
+    run.losses["g_loss"]         # numpy columns of losses.csv
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import load_checkpoint, load_weights, read_generator_file
+from .config import DEFAULT_PRESET, Config, config_from_dict, load_preset, load_toml, parse_overrides
+from .errors import UserError
+from .models import build_generator, sample_latent
+from .plots import image_grid, read_csv_columns
+from .rundir import RunPaths, new_run_dir, require_run_dir
+from .training import CONDITIONAL_GRID_COLUMNS, generate
+from .training import train as run_training
+
+
+def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[str] | None = None, **flags) -> Config:
+    """A preset's config with overrides applied: ``{"section.key": value}`` or ``["section.key=value"]``.
+
+    ``flags`` are the common shortcuts: epochs, batch_size, lr (both networks), seed, device,
+    subset, conditional, eval_every.
+    """
+    config = load_preset(preset or DEFAULT_PRESET)
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_overrides(list(overrides))
+    shortcuts = {
+        "epochs": ["train.epochs"], "batch_size": ["train.batch_size"], "seed": ["train.seed"],
+        "subset": ["train.subset"], "eval_every": ["train.eval_every"], "device": ["performance.device"],
+        "lr": ["optim.generator_lr", "optim.discriminator_lr"], "conditional": ["model.conditional"],
+    }
+    merged: dict[str, Any] = {}
+    for name, value in flags.items():
+        if name not in shortcuts:
+            raise TypeError(f"unknown option {name!r}")
+        if value is not None:
+            merged.update({key: value for key in shortcuts[name]})
+    merged.update(overrides or {})
+    return config.replace(merged)
+
+
+def train(preset: str | None = None, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          seed: int | None = None, device: str | None = None, subset: int | None = None, conditional: bool | None = None,
+          eval_every: int | None = None, overrides: dict[str, Any] | list[str] | None = None, out: str | Path | None = None,
+          data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool | None = None) -> "Run":
+    """Train a preset (default: the recommended one) and return the finished :class:`Run`.
+
+    ``out`` is the run directory (default: a new numbered folder under ``runs/``). With
+    ``resume=RUN_DIR`` training continues that run to ``epochs`` epochs in total; only
+    ``epochs`` and ``device`` may change then. Ctrl-C stops after saving a checkpoint.
+    """
+    if resume is not None:
+        changed = [name for name, value in dict(preset=preset, batch_size=batch_size, lr=lr, seed=seed, subset=subset,
+                                                 conditional=conditional, eval_every=eval_every, overrides=overrides, out=out).items()
+                   if value]
+        if changed:
+            raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
+        paths = require_run_dir(Path(resume))
+        if not paths.last_checkpoint.is_file():
+            raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing)")
+        config = load_toml(paths.config)
+        changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
+        config = config.replace(changes)
+        paths.config.write_text(config.to_toml())
+        run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
+        return Run(paths.root)
+    config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                            subset=subset, conditional=conditional, eval_every=eval_every)
+    out_path = Path(out) if out is not None else new_run_dir(Path("runs"), preset or DEFAULT_PRESET)
+    if (out_path / "config.toml").exists():
+        raise UserError(f"{out_path} already holds a run; continue it with --resume {out_path} or choose another --out")
+    run_training(config, out_path, data_dir=data_dir, progress=progress)
+    return Run(out_path)
+
+
+def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> "Run":
+    """Open a finished or interrupted run for sampling and evaluation."""
+    return Run(run_dir, checkpoint)
+
+
+class Run:
+    """A run directory: its config, its generator and what training wrote.
+
+    The generator is the EMA copy when training kept one. It is loaded from ``checkpoint`` if
+    given (a ``.pt`` checkpoint or a ``.safetensors`` generator), else from the run's
+    ``generator.safetensors``, else from ``checkpoints/last.pt``.
+    """
+
+    def __init__(self, run_dir: str | Path | None, checkpoint: str | Path | None = None):
+        if run_dir is None and checkpoint is None:
+            raise UserError("give a run directory or a checkpoint file")
+        self.paths = require_run_dir(Path(run_dir)) if run_dir is not None else None
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise UserError(f"checkpoint {self.checkpoint} does not exist")
+        self.config = load_toml(self.paths.config) if self.paths else None
+        self._generator = None
+
+    def __repr__(self) -> str:
+        where = self.paths.root if self.paths else self.checkpoint
+        return f"Run({str(where)!r})"
+
+    @property
+    def dir(self) -> Path | None:
+        return self.paths.root if self.paths else None
+
+    @property
+    def generator(self) -> torch.nn.Module:
+        """The generator used for sampling (EMA weights when the run kept them), in eval mode on CPU."""
+        if self._generator is None:
+            self._generator = self._load_generator()
+        return self._generator
+
+    def _load_generator(self) -> torch.nn.Module:
+        source = self.checkpoint
+        if source is None:
+            source = self.paths.generator if self.paths.generator.is_file() else self.paths.last_checkpoint
+            if not source.is_file():
+                raise UserError(f"{self.paths.root} has no generator weights yet (no generator.safetensors or checkpoint)")
+        if source.suffix == ".safetensors":
+            config_dict, weights = read_generator_file(source)
+        else:
+            state = load_checkpoint(source)
+            config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
+        if self.config is None:
+            self.config = config_from_dict(config_dict)
+        network = build_generator(self.config.model)
+        load_weights(network, weights, source)  # a run's architecture with another run's file: clear error
+        return network.eval()
+
+    def sample(self, n: int = 16, seed: int = 0, digit: int | None = None, device: str = "cpu") -> torch.Tensor:
+        """``n`` generated images, float32 (n, 1, 28, 28) in [-1, 1]; ``digit`` picks the class (conditional runs)."""
+        if n < 1:
+            raise UserError(f"--n must be at least 1; got {n}")
+        network = self.generator.to(device)
+        labels = self._labels(n, digit, seed)
+        generator = torch.Generator().manual_seed(seed)
+        z = sample_latent(self.config.model, n, "cpu", generator)
+        return generate(network, z.to(device), None if labels is None else labels.to(device))
+
+    def _labels(self, n: int, digit: int | None, seed: int) -> torch.Tensor | None:
+        if not self.config.model.conditional:
+            if digit is not None:
+                raise UserError("--digit needs a conditional run (train with --conditional)")
+            return None
+        if digit is None:  # a conditional run asked for no digit: an even mix, in a seeded order
+            return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)) % 10
+        if not 0 <= digit <= 9:
+            raise UserError(f"--digit must be 0-9 or 'all'; got {digit}")
+        return torch.full((n,), digit, dtype=torch.long)
+
+    def sample_digits(self, per_digit: int = CONDITIONAL_GRID_COLUMNS, seed: int = 0) -> torch.Tensor:
+        """A conditional run's samples ordered digit by digit: (10 * per_digit, 1, 28, 28), the same noise per column."""
+        if not self.config.model.conditional:
+            raise UserError("--digit all needs a conditional run (train with --conditional)")
+        z = sample_latent(self.config.model, per_digit, "cpu", torch.Generator().manual_seed(seed)).repeat(10, 1)
+        labels = torch.arange(10).repeat_interleave(per_digit)
+        return generate(self.generator, z, labels)
+
+    def grid(self, n: int = 16, seed: int = 0, digit: int | str | None = None, scale: int = 2) -> Image.Image:
+        """A PIL image of ``n`` samples (``digit="all"``: one row per digit, ``n`` per row)."""
+        if digit == "all":
+            return image_grid(self.sample_digits(n, seed), columns=n, scale=scale)
+        return image_grid(self.sample(n, seed, digit), scale=scale)
+
+    @property
+    def losses(self) -> dict[str, np.ndarray]:
+        """losses.csv as numpy columns: step, epoch, d_loss, g_loss, d_real, d_fake."""
+        if self.paths is None or not self.paths.losses.is_file():
+            raise UserError("this run has no losses.csv")
+        return read_csv_columns(self.paths.losses)
+
+    @property
+    def metrics(self) -> dict:
+        """The last ``evaluate`` result saved in the run (metrics.json)."""
+        if self.paths is None or not self.paths.metrics_json.is_file():
+            raise UserError("this run has not been evaluated yet; call run.evaluate() or `mnistgan evaluate --run`")
+        return json.loads(self.paths.metrics_json.read_text())
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        self.grid(16).save(buffer, format="PNG")
+        return buffer.getvalue()

@@ -1,0 +1,163 @@
+"""The commands users type. Parsing and error messages only; the work is in ``api``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _digit(text: str) -> int | str:
+    if text == "all":
+        return text
+    if text.isdigit() and 0 <= int(text) <= 9:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a digit 0-9 or 'all'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnistgan", description="Train GANs that draw handwritten digits, sample them, measure them.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a preset (or continue a run with --resume)",
+                                description="Train a GAN preset on MNIST; every config value can be overridden.")
+    main = train.add_argument_group("what to train")
+    main.add_argument("--preset", help="preset name (see `mnistgan presets`; default: recommended)")
+    main.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs epochs in total")
+    main.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override any config value, e.g. --set loss.adversarial=hinge (repeatable)")
+    main.add_argument("--conditional", action="store_true", default=None, help="class-conditional G and D (model.conditional=true)")
+    hyper = train.add_argument_group("common hyperparameters (shortcuts for --set)")
+    hyper.add_argument("--epochs", type=_positive_int, help="train.epochs: passes over the training images")
+    hyper.add_argument("--batch-size", type=_positive_int, help="train.batch_size: real images per step (all processes)")
+    hyper.add_argument("--lr", type=float, help="learning rate of both networks (optim.generator_lr and optim.discriminator_lr)")
+    hyper.add_argument("--seed", type=_non_negative_int, help="train.seed")
+    hyper.add_argument("--subset", type=_positive_int, help="train.subset: train on the first N images")
+    hyper.add_argument("--eval-every", type=_non_negative_int, help="train.eval_every: evaluate every K epochs (0 = off)")
+    io = train.add_argument_group("devices and files")
+    io.add_argument("--device", help="performance.device: auto (default), cpu, cuda or cuda:N")
+    io.add_argument("--out", metavar="DIR", help="run directory (default: a new numbered folder under runs/)")
+    io.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (else $MNISTGAN_DATA_DIR, data/mnist, the cache, a download)")
+    io.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="plain lines instead of a progress bar")
+
+    sample = commands.add_parser("sample", help="write samples of a trained generator as a PNG grid or a .npy array")
+    sample.add_argument("--run", metavar="RUN_DIR", help="run directory made by `mnistgan train`")
+    sample.add_argument("--checkpoint", metavar="FILE", help="a checkpoint (.pt) or generator (.safetensors) file")
+    sample.add_argument("--n", type=_positive_int, default=16, help="how many samples (with --digit all: per digit) (default: 16)")
+    sample.add_argument("--out", metavar="FILE", default="samples.png", help=".png for a grid, .npy for float32 (N, 1, 28, 28) in [-1, 1] (default: samples.png)")
+    sample.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    sample.add_argument("--digit", type=_digit, help="conditional runs: the digit to draw, or 'all' for one row per digit")
+
+    presets = commands.add_parser("presets", help="list the presets, or show one's full config")
+    presets.add_argument("--show", metavar="NAME", help="print this preset's full resolved config as TOML")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a parse error already printed as one line
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"mnistgan: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        message = getattr(interrupt, "message", "interrupted")
+        print(f"mnistgan: {message}", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from . import api
+
+    api.train(args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+              subset=args.subset, conditional=args.conditional, eval_every=args.eval_every, overrides=args.overrides,
+              out=args.out, data_dir=args.data_dir, resume=args.resume, progress=args.progress)
+    return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+
+    from . import api
+    from .plots import image_grid, save_image
+
+    if args.run is None and args.checkpoint is None:
+        raise UserError("give --run RUN_DIR or --checkpoint FILE")
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npy"):
+        raise UserError(f"--out {out} must end in .png (a grid) or .npy (the raw samples)")
+    if not out.parent.exists():
+        raise UserError(f"--out: the folder {out.parent} does not exist")
+    run = api.load(args.run, args.checkpoint)
+    if args.digit == "all":
+        images = run.sample_digits(args.n, args.seed)
+        columns = args.n
+    else:
+        images = run.sample(args.n, args.seed, args.digit)
+        columns = None
+    try:
+        if out.suffix == ".png":
+            save_image(image_grid(images, columns=columns, scale=2), out)
+        else:
+            np.save(out, images.numpy().astype(np.float32))
+    except OSError as error:
+        raise UserError(f"cannot write {out} ({error.strerror})") from None
+    print(f"wrote {images.shape[0]} samples to {out}")
+    return 0
+
+
+def _presets(args) -> int:
+    from .config import DEFAULT_PRESET, load_preset, preset_names
+
+    if args.show:
+        print(load_preset(args.show).to_toml(), end="")
+        return 0
+    names = preset_names()
+    width = max(map(len, names))
+    for name in names:
+        marker = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name:<{width}}  {load_preset(name).description}{marker}")
+    return 0
+
+
+COMMANDS = {"train": _train, "sample": _sample, "presets": _presets}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

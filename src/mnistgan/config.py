@@ -1,0 +1,282 @@
+"""Typed, validated configuration; presets are TOML files in ``presets/``.
+
+A config has five sections. Every value has a type, a default and a one-line meaning here; a
+preset file overrides some of them, and ``--set section.key=value`` overrides any. An unknown key,
+a value of the wrong type or out of range is a ``UserError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "recommended"
+
+
+def _range(low=None, high=None, low_open=False):
+    """Field metadata: the allowed interval of a number (``low_open``: low itself is not allowed)."""
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass
+class ModelConfig:
+    architecture: Literal["mlp", "dcgan"] = "dcgan"  # fully connected or convolutional networks
+    latent_dim: int = field(default=100, metadata=_range(1, 4096))  # size of the noise vector z
+    latent_distribution: Literal["normal", "uniform"] = "normal"  # z ~ N(0, I) or U(-1, 1)
+    conditional: bool = False  # generate a requested digit: labels feed both networks
+    # mlp: hidden widths; dcgan: channels of the 7x7 projection, then of each transposed conv before the output
+    generator_widths: list[int] = field(default_factory=lambda: [256, 128, 64])
+    # dcgan only: stride of each transposed conv, the output layer's last (their product upsamples to 28x28)
+    generator_strides: list[int] = field(default_factory=lambda: [1, 2, 2])
+    # mlp: hidden widths; dcgan: channels of each stride-2 conv
+    discriminator_widths: list[int] = field(default_factory=lambda: [64, 128])
+    kernel_size: int = field(default=5, metadata=_range(1, 9))  # dcgan: square kernel of every conv layer
+    leaky_slope: float = field(default=0.2, metadata=_range(0.0, 1.0))  # negative slope of LeakyReLU
+    generator_dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))  # dropout after G's hidden layers
+    discriminator_dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))  # dropout after D's hidden layers
+    generator_batchnorm: bool = True  # BatchNorm after G's hidden layers
+    discriminator_batchnorm: bool = False  # BatchNorm after D's hidden layers (not the first)
+    generator_bias: bool = True  # biases in G's hidden layers (off when BatchNorm follows, as in the TF tutorial)
+    output_bias: bool = True  # bias in G's output layer
+    batchnorm_momentum: float = field(default=0.1, metadata=_range(0.0, 1.0))  # PyTorch meaning: Keras 0.99 is 0.01 here
+    batchnorm_eps: float = field(default=1e-5, metadata=_range(0.0, 1.0, low_open=True))
+    init: Literal["pytorch", "glorot-uniform", "dcgan-normal"] = "pytorch"  # weight init (biases zero except pytorch)
+    spectral_norm: bool = False  # spectral normalisation of every D layer
+    embedding_dim: int = field(default=50, metadata=_range(1, 1024))  # conditional: size of the label embedding
+
+
+@dataclass
+class LossConfig:
+    adversarial: Literal["minimax", "non-saturating", "least-squares", "hinge", "wasserstein-gp"] = "non-saturating"
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))  # one-sided: real target 1 - s
+    r1_gamma: float = field(default=0.0, metadata=_range(0.0))  # R1 penalty weight on real data, 0 = off
+    gp_lambda: float = field(default=10.0, metadata=_range(0.0))  # wasserstein-gp gradient penalty weight
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
+    generator_lr: float = field(default=2e-4, metadata=_range(0.0, 10.0, low_open=True))
+    discriminator_lr: float = field(default=2e-4, metadata=_range(0.0, 10.0, low_open=True))
+    beta1: float = field(default=0.5, metadata=_range(0.0, 1.0))  # adam
+    beta2: float = field(default=0.999, metadata=_range(0.0, 1.0))  # adam
+    eps: float = field(default=1e-8, metadata=_range(0.0, 1.0, low_open=True))  # adam; Keras uses 1e-7
+    momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))  # sgd
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=20, metadata=_range(1, 100_000))  # passes over the training images
+    batch_size: int = field(default=128, metadata=_range(1, 65_536))  # real images per D step (global, all GPUs)
+    update: Literal["alternating", "simultaneous"] = "alternating"  # D then G, or both from one forward pass
+    d_steps: int = field(default=1, metadata=_range(1, 100))  # D updates per G update (alternating only)
+    ema_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))  # EMA of G weights for sampling, 0 = off
+    ema_start_epoch: int = field(default=0, metadata=_range(0))  # the EMA copies G until this epoch ends
+    seed: int = field(default=0, metadata=_range(0, 2**63 - 1))
+    subset: int = field(default=0, metadata=_range(0))  # train on the first N images, 0 = all
+    sample_every: int = field(default=1, metadata=_range(1))  # epochs between fixed-noise grids
+    checkpoint_every: int = field(default=1, metadata=_range(1))  # epochs between checkpoints
+    log_every: int = field(default=10, metadata=_range(1))  # steps averaged into one row of losses.csv
+    eval_every: int = field(default=0, metadata=_range(0))  # epochs between evaluations, 0 = off
+    eval_samples: int = field(default=2000, metadata=_range(100, 100_000))  # samples per evaluation
+
+
+@dataclass
+class PerformanceConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    cuda_graphs: bool = True  # capture whole training steps as CUDA graphs (CUDA only)
+    steps_per_graph: int = field(default=8, metadata=_range(1, 1024))  # training steps per graph replay
+    channels_last: bool = True  # NHWC memory format for conv models on CUDA
+    compile: bool = False  # torch.compile the networks (measured: see README)
+    threads: int = field(default=0, metadata=_range(0, 1024))  # CPU threads, 0 = PyTorch's default
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run; ``config.toml`` in a run directory is this, resolved."""
+
+    preset: str = ""  # the preset this config started from
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def replace(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with ``{"section.key": value}`` overrides applied and validated."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, key = _split_key(dotted)
+            if section is None:
+                data[key] = value
+            else:
+                data[section][key] = value
+        return config_from_dict(data)
+
+
+TOP_LEVEL_KEYS = ("preset", "description")
+SECTION_TYPES = {name: kind for name, kind in get_type_hints(Config).items() if name not in TOP_LEVEL_KEYS}
+
+
+def _split_key(dotted: str) -> tuple[str | None, str]:
+    if dotted in TOP_LEVEL_KEYS:
+        return None, dotted
+    section, _, key = dotted.partition(".")
+    if section not in SECTION_TYPES or not key:
+        raise UserError(f"unknown config key {dotted!r}; keys look like section.key with section one of {', '.join(SECTION_TYPES)}")
+    names = [f.name for f in dataclasses.fields(SECTION_TYPES[section])]
+    if key not in names:
+        close = [n for n in names if key.replace("-", "_") == n or key in n or n in key]
+        hint = f" (did you mean {section}.{close[0]}?)" if close else f"; {section} has: {', '.join(names)}"
+        raise UserError(f"unknown config key {dotted!r}{hint}")
+    return section, key
+
+
+def _check_value(dotted: str, value: Any, annotation: Any, metadata: dict) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise a UserError naming ``dotted``."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            raise UserError(f"{dotted} = {value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        (item_type,) = get_args(annotation)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise UserError(f"{dotted} must be a non-empty list, e.g. [256, 512]; got {value!r}")
+        items = [_check_value(f"{dotted}[{i}]", v, item_type, {}) for i, v in enumerate(value)]
+        if item_type is int and any(v < 1 for v in items):
+            raise UserError(f"{dotted} must hold positive integers; got {value!r}")
+        return items
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{dotted} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{dotted} must be an integer; got {value!r}")
+    elif annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{dotted} must be a number; got {value!r}")
+        value = float(value)
+    elif annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"{dotted} must be a string; got {value!r}")
+        return value
+    low, high = metadata.get("low"), metadata.get("high")
+    if low is not None and (value < low or (metadata.get("low_open") and value == low)):
+        relation = ">" if metadata.get("low_open") else ">="
+        raise UserError(f"{dotted} = {value} is out of range; it must be {relation} {low}")
+    if high is not None and value > high:
+        raise UserError(f"{dotted} = {value} is out of range; it must be <= {high}")
+    return value
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a Config from nested ``{section: {key: value}}`` data."""
+    unknown = set(data) - set(SECTION_TYPES) - set(TOP_LEVEL_KEYS)
+    if unknown:
+        raise UserError(f"unknown config section(s) {', '.join(sorted(unknown))}; sections are {', '.join(SECTION_TYPES)}")
+    sections = {}
+    for section, section_type in SECTION_TYPES.items():
+        given = data.get(section, {})
+        if not isinstance(given, dict):
+            raise UserError(f"config section {section!r} must be a table")
+        hints = get_type_hints(section_type)
+        values = {}
+        for key, value in given.items():
+            _split_key(f"{section}.{key}")  # unknown key -> error with a hint
+            meta = next(f.metadata for f in dataclasses.fields(section_type) if f.name == key)
+            values[key] = _check_value(f"{section}.{key}", value, hints[key], meta)
+        sections[section] = section_type(**values)
+    config = Config(preset=str(data.get("preset", "")), description=str(data.get("description", "")), **sections)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    """Rules that span several keys."""
+    model, train = config.model, config.train
+    if model.architecture == "dcgan":
+        if len(model.generator_strides) != len(model.generator_widths):
+            raise UserError(
+                "model.generator_strides needs one stride per transposed conv: as many as model.generator_widths "
+                f"({len(model.generator_widths)}), the last for the output layer; got {len(model.generator_strides)}"
+            )
+        upsampling = math.prod(model.generator_strides)
+        if 28 % upsampling or upsampling not in (1, 2, 4, 7, 14, 28):
+            raise UserError(f"model.generator_strides multiply to {upsampling}, which does not divide 28 into a start size; use e.g. [1, 2, 2]")
+        if 1 in model.generator_strides and model.kernel_size % 2 == 0:
+            raise UserError("a stride-1 transposed conv keeps the size only with an odd model.kernel_size")
+        if model.kernel_size < max(model.generator_strides):
+            raise UserError("model.kernel_size must be at least the largest generator stride")
+        if len(model.discriminator_widths) > 2:
+            raise UserError("dcgan discriminators downsample 28 -> 14 -> 7 with stride-2 convs: at most 2 model.discriminator_widths")
+    if train.update == "simultaneous" and train.d_steps != 1:
+        raise UserError("train.d_steps > 1 needs train.update = 'alternating'")
+    if config.loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:
+        raise UserError("wasserstein-gp's gradient penalty is per sample: turn off model.discriminator_batchnorm")
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value; a bare word is a string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5", ...]`` -> ``{"train.epochs": 5, ...}``; the keys are checked."""
+    overrides = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {assignment!r} is not of the form section.key=value")
+        _split_key(key.strip())
+        overrides[key.strip()] = parse_value(text.strip())
+    return overrides
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(name: str) -> Config:
+    """The Config of a named preset (its TOML over the defaults)."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} (see `mnistgan presets`)")
+    config = load_toml(path)
+    config.preset = name
+    return config
+
+
+def load_toml(path: Path) -> Config:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"{path}: cannot read it as TOML ({error})") from None
+    return config_from_dict(data)

@@ -1,0 +1,215 @@
+"""MNIST: find the four IDX files, check them, download them if they are nowhere, load them.
+
+Where the files are looked for, in order:
+  1. the ``data_dir`` argument (``--data-dir``),
+  2. ``$MNISTGAN_DATA_DIR``,
+  3. the repository's own ``data/mnist/`` (a clone trains offline),
+  4. the per-user cache (``$MNISTGAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/mnistgan/mnist``,
+     else ``~/.cache/mnistgan/mnist``), where a download lands.
+Every file is checked twice: its IDX structure (magic number, dimensions, length, label range)
+and the SHA-256 of its decompressed content against the official MNIST files.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions
+LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+# SHA-256 of the decompressed official files (the gzip containers differ between mirrors).
+SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
+
+
+def cache_dir() -> Path:
+    """The per-user directory where downloaded MNIST files are kept."""
+    if os.environ.get("MNISTGAN_CACHE_DIR"):
+        return Path(os.environ["MNISTGAN_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mnistgan" / "mnist"
+
+
+def _file_in(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_all_files(directory: Path) -> bool:
+    return all(_file_in(directory, name) for name in FILES.values())
+
+
+def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return the directory holding the four MNIST files, downloading them if they are nowhere.
+
+    An explicitly named directory (argument or ``$MNISTGAN_DATA_DIR``) must hold the files:
+    a typo there is an error, not a silent download.
+    """
+    for explicit, origin in ((data_dir, "--data-dir"), (os.environ.get("MNISTGAN_DATA_DIR"), "$MNISTGAN_DATA_DIR")):
+        if explicit:
+            directory = Path(explicit).expanduser()
+            if not _has_all_files(directory):
+                missing = [n for n in FILES.values() if not _file_in(directory, n)]
+                raise UserError(
+                    f"{origin} {directory} lacks the MNIST file(s) {', '.join(missing)} (.gz or "
+                    "decompressed); put the four IDX files there or point it at the folder that has them"
+                )
+            return directory
+    for directory in (REPO_DATA_DIR, cache_dir()):
+        if _has_all_files(directory):
+            return directory
+    if not download:
+        raise UserError(f"MNIST not found; put the four IDX files in {cache_dir()} or pass --data-dir")
+    download_mnist(cache_dir())
+    return cache_dir()
+
+
+def download_mnist(target: Path) -> None:
+    """Download the four files into ``target`` from the first mirror that answers, checking each."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the MNIST cache directory {target}: {error.strerror}; set MNISTGAN_CACHE_DIR") from None
+    for name in FILES.values():
+        if _file_in(target, name):
+            continue
+        failures = []
+        for mirror in MIRRORS:
+            url = f"{mirror}{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    payload = response.read()
+                content = gzip.decompress(payload)
+            except Exception as error:  # network errors, HTTP errors, a broken gzip: try the next mirror
+                failures.append(f"{url}: {error}")
+                continue
+            if hashlib.sha256(content).hexdigest() != SHA256[name]:
+                failures.append(f"{url}: checksum mismatch")
+                continue
+            with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
+                tmp.write(payload)
+            os.replace(tmp.name, target / f"{name}.gz")
+            break
+        else:
+            raise UserError(
+                f"could not download {name}.gz from any mirror ({failures[-1] if failures else 'no mirror'}); "
+                f"offline? put the four MNIST IDX files in {target} or pass --data-dir"
+            )
+
+
+def read_idx(path: Path, expected_magic: int, verify_sha256: str | None = None) -> np.ndarray:
+    """Read one IDX file (.gz or raw) into a uint8 array, checking its structure and checksum."""
+    try:
+        raw = path.read_bytes()
+        content = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise UserError(f"{path}: cannot read it ({error}); replace the file") from None
+    if len(content) < 4:
+        raise UserError(f"{path}: truncated ({len(content)} bytes, no IDX header); replace the file")
+    magic = int.from_bytes(content[:4], "big")
+    if magic != expected_magic:
+        raise UserError(f"{path}: wrong magic number {magic} (expected {expected_magic}); not an MNIST IDX file of this kind")
+    ndim = content[3]
+    header_length = 4 + 4 * ndim
+    if len(content) < header_length:
+        raise UserError(f"{path}: truncated header; replace the file")
+    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 3 and shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(f"{path}: images are {shape[1]}x{shape[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    expected_length = header_length + int(np.prod(shape))
+    if len(content) != expected_length:
+        problem = "truncated" if len(content) < expected_length else "has trailing bytes"
+        raise UserError(f"{path}: {problem} ({len(content)} bytes, the header promises {expected_length}); replace the file")
+    if verify_sha256 is not None and hashlib.sha256(content).hexdigest() != verify_sha256:
+        raise UserError(f"{path}: content does not match the official MNIST file (SHA-256 differs); replace the file")
+    array = np.frombuffer(content, dtype=np.uint8, offset=header_length).reshape(shape)
+    if ndim == 1 and array.size and array.max() >= NUM_CLASSES:
+        raise UserError(f"{path}: label {int(array.max())} is out of range 0-9")
+    return array
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of MNIST held as uint8 tensors: ``images`` (N, 1, 28, 28) and ``labels`` (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split(directory: Path, split: str, verify: bool) -> Split:
+    paths = {kind: _file_in(directory, FILES[(split, kind)]) for kind in ("images", "labels")}
+    for kind, path in paths.items():
+        if path is None:
+            raise UserError(f"{directory} lacks {FILES[(split, kind)]}(.gz); put the four MNIST IDX files there")
+    images = read_idx(paths["images"], IMAGE_MAGIC, SHA256[FILES[(split, "images")]] if verify else None)
+    labels = read_idx(paths["labels"], LABEL_MAGIC, SHA256[FILES[(split, "labels")]] if verify else None)
+    if len(images) != len(labels):
+        raise UserError(
+            f"{paths['images']} holds {len(images)} images but {paths['labels']} holds {len(labels)} labels; "
+            "the files do not belong together"
+        )
+    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None, verify: bool = True) -> Split:
+    """Load the ``"train"`` (60,000) or ``"test"`` (10,000) split as uint8 images and int64 labels.
+
+    ``verify`` compares the content with the official files' SHA-256; switch it off only for
+    IDX files that are not MNIST (tests write their own).
+    """
+    if split not in ("train", "test"):
+        raise UserError(f"unknown split {split!r}; use 'train' or 'test'")
+    return _load_split(find_data_dir(data_dir), split, verify)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float in [-1, 1], the range the generators' tanh produces."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip if the name ends in .gz); used to build test fixtures."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = IMAGE_MAGIC if array.ndim == 3 else LABEL_MAGIC
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    content = header + array.tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as handle:
+        handle.write(content)
+

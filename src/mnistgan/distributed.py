@@ -1,0 +1,58 @@
+"""Data-parallel training under ``torchrun``: process group, rank, and who writes files.
+
+``torchrun --nproc_per_node N -m mnistgan train ...`` starts N processes with RANK, WORLD_SIZE and
+LOCAL_RANK set. Each process trains on its own shard of every epoch's order with
+``train.batch_size / N`` images per step; DistributedDataParallel averages the gradients, so the
+global batch and the learning rates mean what they mean on one device. Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device_type: str) -> "Distributed":
+        """Join the process group torchrun describes in the environment; a single process otherwise."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        if not dist.is_initialized():
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def any_flag(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if ``flag`` is true on any (a Ctrl-C seen by one rank stops all)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

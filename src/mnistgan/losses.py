@@ -1,0 +1,75 @@
+"""Adversarial losses and regularisers, each a small pure function of the discriminator's raw scores.
+
+``real_scores`` and ``fake_scores`` are D's outputs before any sigmoid (logits), shape (N,).
+Each loss is the quantity its network minimises, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ADVERSARIAL_LOSSES = ("minimax", "non-saturating", "least-squares", "hinge", "wasserstein-gp")
+# Losses whose D output is a probability after a sigmoid; the others' scores are unbounded.
+PROBABILISTIC_LOSSES = ("minimax", "non-saturating")
+
+
+def discriminator_loss(kind: str, real_scores: torch.Tensor, fake_scores: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """D's adversarial loss. ``label_smoothing`` s makes the real target 1 - s (one-sided)."""
+    real_target = 1.0 - label_smoothing
+    if kind in PROBABILISTIC_LOSSES:
+        # -log D(x) - log(1 - D(G(z))), with D = sigmoid(score); BCE with logits is the stable form.
+        return (F.binary_cross_entropy_with_logits(real_scores, torch.full_like(real_scores, real_target))
+                + F.binary_cross_entropy_with_logits(fake_scores, torch.zeros_like(fake_scores)))
+    if kind == "least-squares":
+        # LSGAN (Mao et al. 2017) with targets b = 1 for real, a = 0 for fake.
+        return 0.5 * ((real_scores - real_target) ** 2).mean() + 0.5 * (fake_scores**2).mean()
+    if kind == "hinge":
+        return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+    if kind == "wasserstein-gp":
+        return fake_scores.mean() - real_scores.mean()
+    raise ValueError(f"unknown adversarial loss {kind!r}")
+
+
+def generator_loss(kind: str, fake_scores: torch.Tensor) -> torch.Tensor:
+    """G's adversarial loss on D's scores of generated images."""
+    if kind == "minimax":
+        # The original objective: minimise log(1 - D(G(z))) = -softplus(score). It saturates when D wins.
+        return -F.softplus(fake_scores).mean()
+    if kind == "non-saturating":
+        # -log D(G(z)): BCE against the 'real' label ("flipped labels").
+        return F.binary_cross_entropy_with_logits(fake_scores, torch.ones_like(fake_scores))
+    if kind == "least-squares":
+        return 0.5 * ((fake_scores - 1.0) ** 2).mean()
+    if kind in ("hinge", "wasserstein-gp"):
+        return -fake_scores.mean()
+    raise ValueError(f"unknown adversarial loss {kind!r}")
+
+
+def r1_penalty(real_scores: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """E[||grad_x D(x)||^2] on real images (Mescheder et al. 2018); weight it by gamma / 2.
+
+    ``real_images`` must have required grad before ``real_scores`` were computed from them.
+    """
+    (gradient,) = torch.autograd.grad(real_scores.sum(), real_images, create_graph=True)
+    return gradient.float().pow(2).flatten(1).sum(1).mean()
+
+
+def gradient_penalty(discriminator, real_images: torch.Tensor, fake_images: torch.Tensor,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
+    """E[(||grad D(x_hat)||_2 - 1)^2] at random interpolates of real and fake (Gulrajani et al. 2017).
+
+    For a conditional D the interpolates are scored with the real images' labels.
+    """
+    mix = torch.rand(real_images.shape[0], 1, 1, 1, device=real_images.device, dtype=real_images.dtype)
+    interpolates = (mix * real_images + (1 - mix) * fake_images).requires_grad_(True)
+    scores = discriminator(interpolates, labels)
+    (gradient,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+    norms = gradient.float().flatten(1).norm(dim=1)
+    return ((norms - 1.0) ** 2).mean()
+
+
+def score_summary(kind: str, scores: torch.Tensor) -> torch.Tensor:
+    """The mean D output reported in losses.csv: a probability for BCE losses, the raw score otherwise."""
+    scores = scores.detach().float()
+    return torch.sigmoid(scores).mean() if kind in PROBABILISTIC_LOSSES else scores.mean()

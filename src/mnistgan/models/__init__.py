@@ -1,0 +1,65 @@
+"""Generator and discriminator builders, parameterised by ``ModelConfig``.
+
+Every generator maps ``(z, labels)`` to images in [-1, 1] of shape (N, 1, 28, 28); every
+discriminator maps ``(images, labels)`` to one raw score (a logit) per image, shape (N,).
+``labels`` is used only when the config is conditional.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .dcgan import DCGANDiscriminator, DCGANGenerator
+from .mlp import MLPDiscriminator, MLPGenerator
+
+
+
+def build_generator(config: ModelConfig) -> nn.Module:
+    network = {"mlp": MLPGenerator, "dcgan": DCGANGenerator}[config.architecture](config)
+    initialise(network, config.init)
+    return network
+
+
+def build_discriminator(config: ModelConfig) -> nn.Module:
+    network = {"mlp": MLPDiscriminator, "dcgan": DCGANDiscriminator}[config.architecture](config)
+    initialise(network, config.init)
+    if config.spectral_norm:
+        apply_spectral_norm(network)
+    return network
+
+
+def initialise(network: nn.Module, scheme: str) -> None:
+    """Weight initialisation: PyTorch's defaults, Keras' Glorot-uniform, or the DCGAN paper's N(0, 0.02)."""
+    if scheme == "pytorch":
+        return
+    for module in network.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            if scheme == "glorot-uniform":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and scheme == "dcgan-normal":
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+
+
+def apply_spectral_norm(network: nn.Module) -> None:
+    """Spectral normalisation (one power iteration per forward pass) on every weight layer."""
+    for module in list(network.modules()):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            nn.utils.parametrizations.spectral_norm(module)
+
+
+def sample_latent(config: ModelConfig, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` noise vectors z of the config's distribution, shape (n, latent_dim)."""
+    if config.latent_distribution == "uniform":
+        return torch.rand(n, config.latent_dim, device=device, generator=generator).mul_(2).sub_(1)
+    return torch.randn(n, config.latent_dim, device=device, generator=generator)
+
+
+def count_parameters(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())

@@ -1,0 +1,85 @@
+"""Convolutional generator and discriminator (the keras-dcgan and tf-dcgan-tutorial presets)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import NUM_CLASSES, LabelInput, hidden_block
+
+
+def same_transposed_padding(kernel: int, stride: int) -> tuple[int, int]:
+    """(padding, output_padding) so that a transposed conv multiplies the size by ``stride`` ('same')."""
+    padding = math.ceil((kernel - stride) / 2)
+    return padding, 2 * padding - (kernel - stride)
+
+
+class DCGANGenerator(nn.Module):
+    """z [+ label embedding] -> Dense -> BN -> LeakyReLU -> (C0, S, S) -> transposed convs -> tanh (N, 1, 28, 28).
+
+    With the tf-dcgan-tutorial widths [256, 128, 64] and strides [1, 2, 2]:
+    (N, 100) -> (N, 12544) -> (N, 256, 7, 7) -> (N, 128, 7, 7) -> (N, 64, 14, 14) -> (N, 1, 28, 28).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.label_input = LabelInput(config.embedding_dim) if config.conditional else None
+        in_features = config.latent_dim + (config.embedding_dim if config.conditional else 0)
+        widths, strides, kernel = config.generator_widths, config.generator_strides, config.kernel_size
+        self.start_size = 28 // math.prod(strides)
+        self.start_channels = widths[0]
+        projected = widths[0] * self.start_size**2
+        # BatchNorm over the flat projection (per feature), as Keras does before the Reshape.
+        self.project = nn.Sequential(
+            *hidden_block(nn.Linear(in_features, projected, bias=config.generator_bias), projected,
+                          config.generator_batchnorm, 1, config, config.generator_dropout)
+        )
+        layers: list[nn.Module] = []
+        for in_channels, out_channels, stride in zip(widths, widths[1:], strides):
+            padding, output_padding = same_transposed_padding(kernel, stride)
+            conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride, padding, output_padding, bias=config.generator_bias)
+            layers += hidden_block(conv, out_channels, config.generator_batchnorm, 2, config, config.generator_dropout)
+        padding, output_padding = same_transposed_padding(kernel, strides[-1])
+        layers += [nn.ConvTranspose2d(widths[-1], 1, kernel, strides[-1], padding, output_padding, bias=config.output_bias), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label_input is not None:
+            z = self.label_input(z, labels)
+        hidden = self.project(z).view(-1, self.start_channels, self.start_size, self.start_size)
+        return self.net(hidden)
+
+
+class DCGANDiscriminator(nn.Module):
+    """(N, 1, 28, 28) -> stride-2 convs with LeakyReLU and Dropout -> flatten -> 1 logit per image.
+
+    Conditional: a projection discriminator (Miyato & Koyama 2018): the logit gains the inner
+    product of a learned label embedding with the flattened features.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        kernel, padding = config.kernel_size, (config.kernel_size - 1) // 2
+        layers: list[nn.Module] = []
+        in_channels, size = 1, 28
+        for index, out_channels in enumerate(config.discriminator_widths):
+            conv = nn.Conv2d(in_channels, out_channels, kernel, 2, padding)
+            batchnorm = config.discriminator_batchnorm and index > 0
+            layers += hidden_block(conv, out_channels, batchnorm, 2, config, config.discriminator_dropout)
+            in_channels, size = out_channels, (size + 2 * padding - kernel) // 2 + 1
+        layers.append(nn.Flatten())
+        self.net = nn.Sequential(*layers)
+        features = in_channels * size * size
+        self.head = nn.Linear(features, 1)
+        self.label_projection = nn.Embedding(NUM_CLASSES, features) if config.conditional else None
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.net(images)  # (N, C * S * S)
+        logits = self.head(features).squeeze(1)
+        if self.label_projection is not None:
+            if labels is None:
+                raise ValueError("a conditional network needs labels")
+            logits = logits + (self.label_projection(labels).to(features.dtype) * features).sum(dim=1)
+        return logits

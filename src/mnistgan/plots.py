@@ -1,0 +1,133 @@
+"""Pictures of a run: digit grids, the GIF of grids over training, loss and metric curves."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
+    """(N, 1, 28, 28) in [-1, 1] -> one greyscale PIL image, ``columns`` per row (default square)."""
+    images = images.detach().float().cpu().clamp(-1, 1)
+    count = images.shape[0]
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    height, width = images.shape[-2:]
+    canvas = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding), dtype=np.uint8)
+    pixels = ((images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = padding + row * (height + padding), padding + column * (width + padding)
+        canvas[top : top + height, left : left + width] = pixels[index]
+    picture = Image.fromarray(canvas, mode="L")
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
+def save_atomically(write, path: Path) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_image(picture: Image.Image, path: Path) -> None:
+    save_atomically(lambda tmp: picture.save(tmp, format=Path(path).suffix.lstrip(".").upper() or "PNG"), path)
+
+
+def save_gif(frames: list[Path], path: Path, milliseconds_per_frame: int = 200) -> None:
+    """The sample grids over training as one looping GIF (the last frame held longer)."""
+    if not frames:
+        return
+    images = [Image.open(frame).convert("L") for frame in frames]
+    durations = [milliseconds_per_frame] * (len(images) - 1) + [2000]
+    save_atomically(lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                               duration=durations, loop=0), path)
+
+
+def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
+    """A CSV of numbers as ``{column: array}``."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(losses: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """G and D losses per logged step (thin) and averaged per epoch (thick), plus D's outputs."""
+    plt = _figure()
+    figure, (loss_axis, score_axis) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[2, 1])
+    steps, epochs = losses["step"], losses["epoch"]
+    for name, colour in (("d_loss", "tab:blue"), ("g_loss", "tab:orange")):
+        loss_axis.plot(steps, losses[name], color=colour, alpha=0.25, linewidth=0.6)
+        epoch_steps, epoch_means = _per_epoch(steps, epochs, losses[name])
+        loss_axis.plot(epoch_steps, epoch_means, color=colour, linewidth=2, label=f"{name} (epoch mean)")
+    loss_axis.set_ylabel("loss")
+    loss_axis.legend(loc="upper right")
+    loss_axis.grid(alpha=0.3)
+    for name, label, colour in (("d_real", "D(x)", "tab:green"), ("d_fake", "D(G(z))", "tab:red")):
+        epoch_steps, epoch_means = _per_epoch(steps, epochs, losses[name])
+        score_axis.plot(epoch_steps, epoch_means, color=colour, label=f"mean {label} (epoch mean)")
+    score_axis.set_xlabel("training step")
+    score_axis.legend(loc="upper right")
+    score_axis.grid(alpha=0.3)
+    if title:
+        loss_axis.set_title(title)
+    figure.tight_layout()
+    save_atomically(lambda tmp: figure.savefig(tmp, format="png", dpi=110), path)
+    plt.close(figure)
+
+
+def _per_epoch(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    unique = np.unique(epochs)
+    last_steps = np.array([steps[epochs == e].max() for e in unique])
+    means = np.array([values[epochs == e].mean() for e in unique])
+    return last_steps, means
+
+
+def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Quality over training: FD (log scale) and precision/recall/density/coverage per evaluated epoch."""
+    plt = _figure()
+    figure, (fd_axis, pr_axis) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    epochs = metrics["epoch"]
+    fd_axis.plot(epochs, metrics["fd"], marker="o", color="tab:purple")
+    fd_axis.set_yscale("log")
+    fd_axis.set_ylabel("Fréchet distance (lower is better)")
+    fd_axis.grid(alpha=0.3, which="both")
+    for name in ("precision", "recall", "density", "coverage"):
+        if name in metrics:
+            pr_axis.plot(epochs, metrics[name], marker=".", label=name)
+    pr_axis.set_xlabel("epoch")
+    pr_axis.set_ylabel("higher is better")
+    pr_axis.legend(loc="lower right")
+    pr_axis.grid(alpha=0.3)
+    if title:
+        fd_axis.set_title(title)
+    figure.tight_layout()
+    save_atomically(lambda tmp: figure.savefig(tmp, format="png", dpi=110), path)
+    plt.close(figure)

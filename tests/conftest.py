@@ -1,0 +1,40 @@
+"""Shared fixtures: small, seeded, CPU-only runs on the repository's MNIST (or $MNISTGAN_DATA_DIR)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Small enough to train in a second or two on a 2-core CPU, large enough to exercise every path.
+TINY = {
+    "train.subset": 256,
+    "train.batch_size": 32,
+    "train.epochs": 1,
+    "performance.device": "cpu",
+    "train.log_every": 2,
+}
+TINY_DCGAN = {  # the convolutional presets at a fraction of their width
+    **TINY,
+    "model.generator_widths": [16, 8, 4],
+    "model.discriminator_widths": [8, 16],
+}
+TINY_MLP = {**TINY, "model.generator_widths": [32, 64], "model.discriminator_widths": [64, 32]}
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m mnistgan ARGS`` in a fresh process, as a user would run it."""
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mnistgan", *args], capture_output=True, text=True,
+                          env=environment, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def tiny_overrides():
+    return dict(TINY)

@@ -1,0 +1,145 @@
+"""The commands as a user types them: outputs, and one clean error line for each bad input."""
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnistgan.cli import main
+
+from conftest import TINY_MLP, run_cli
+
+TINY_ARGS = ["--subset", "128", "--batch-size", "32", "--set=train.sample_every=1", "--device", "cpu", "--no-progress"] + [
+    f"--set={key}={value}" for key, value in TINY_MLP.items() if key.startswith("model.")]
+
+
+def one_error_line(capsys, argv, code=2):
+    """Run ``mnistgan ARGV`` in-process; assert it failed with exactly one line on stderr; return it."""
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run_cli("train", "--preset", "mlp-gan", "--epochs", "2", "--out", str(out), *TINY_ARGS)
+    assert result.returncode == 0, result.stderr
+    assert "epoch    2/2" in result.stdout and "\r" not in result.stdout  # plain lines, no bar, when not a terminal
+    return out
+
+
+def test_train_from_the_command_line_writes_the_run(trained_run):
+    for name in ("config.toml", "losses.csv", "loss_curves.png", "progress.gif", "generator.safetensors",
+                 "checkpoints/last.pt", "samples/image_at_epoch_0001.png", "samples/image_at_epoch_0002.png"):
+        assert (trained_run / name).is_file(), name
+
+
+def test_sample_png_and_npy(trained_run, tmp_path):
+    assert main(["sample", "--run", str(trained_run), "--n", "9", "--out", str(tmp_path / "grid.png")]) == 0
+    assert Image.open(tmp_path / "grid.png").size == (2 * (3 * 30 + 2),) * 2
+    assert main(["sample", "--run", str(trained_run), "--n", "7", "--seed", "5", "--out", str(tmp_path / "x.npy")]) == 0
+    samples = np.load(tmp_path / "x.npy")
+    assert samples.shape == (7, 1, 28, 28) and samples.dtype == np.float32
+    assert samples.min() >= -1 and samples.max() <= 1
+    assert main(["sample", "--checkpoint", str(trained_run / "checkpoints" / "last.pt"), "--n", "7", "--seed", "5",
+                 "--out", str(tmp_path / "y.npy")]) == 0
+    assert np.array_equal(samples, np.load(tmp_path / "y.npy"))  # same weights, same seed, same samples
+
+
+def test_resume_from_the_command_line(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    result = run_cli("train", "--resume", str(copy), "--epochs", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "epoch    3/3" in result.stdout and "epoch    1/3" not in result.stdout
+    assert (copy / "samples" / "image_at_epoch_0003.png").is_file()
+
+
+def test_presets_lists_all_five(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("keras-dcgan", "tf-dcgan-tutorial", "mlp-gan", "vanilla-gan", "mlp-gan-dropout"):
+        assert name in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--preset", "mlp-gan", "--set", "train.epoch=3"], "did you mean train.epochs"),
+    (["train", "--preset", "mlp-gan", "--set", "train.epochs=three"], "train.epochs must be an integer"),
+    (["train", "--preset", "mlp-gan", "--lr", "-0.001"], "optim.generator_lr = -0.001 is out of range"),
+    (["train", "--preset", "mlp-gan", "--batch-size", "0"], "--batch-size: 0 must be at least 1"),
+    (["train", "--preset", "mlp-gan", "--epochs", "0"], "--epochs: 0 must be at least 1"),
+    (["train", "--preset", "mlp-gan", "--set", "model.leaky_slope=2"], "model.leaky_slope = 2.0 is out of range"),
+    (["train", "--preset", "mlp-gan", "--device", "tpu"], "unknown device 'tpu'"),
+    (["sample", "--out", "x.png"], "give --run RUN_DIR or --checkpoint FILE"),
+    (["presets", "--show", "nope"], "unknown preset 'nope'"),
+])
+def test_bad_input_is_one_clear_line(capsys, argv, message):
+    assert message in one_error_line(capsys, argv)
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")] + TINY_ARGS)
+    assert "lacks the MNIST file" in line
+
+
+def test_corrupt_data(capsys, tmp_path):
+    data_dir = tmp_path / "mnist"
+    shutil.copytree(shutil.os.path.join(shutil.os.path.dirname(__file__), "..", "data", "mnist"), data_dir)
+    path = data_dir / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:1000])
+    line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--data-dir", str(data_dir), "--out", str(tmp_path / "r")] + TINY_ARGS)
+    assert "train-labels-idx1-ubyte.gz" in line
+
+
+def test_unwritable_output_directory(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(blocker / "run")] + TINY_ARGS)
+    assert "cannot write to the output directory" in line
+
+
+def test_resume_from_a_directory_that_is_not_a_run(capsys, tmp_path):
+    assert "is not a run directory" in one_error_line(capsys, ["train", "--resume", str(tmp_path)])
+    assert "is not a directory" in one_error_line(capsys, ["train", "--resume", str(tmp_path / "missing")])
+
+
+def test_resume_cannot_change_the_config(capsys, trained_run):
+    assert "only --epochs and --device may change" in one_error_line(capsys, ["train", "--resume", str(trained_run), "--lr", "0.1"])
+
+
+def test_checkpoint_from_a_different_architecture(capsys, trained_run, tmp_path):
+    other = tmp_path / "other"
+    assert main(["train", "--preset", "vanilla-gan", "--epochs", "1", "--out", str(other)] + TINY_ARGS[:5]) == 0
+    capsys.readouterr()
+    line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--checkpoint", str(other / "checkpoints" / "last.pt"),
+                                   "--out", str(tmp_path / "x.png")])
+    assert "does not fit this architecture" in line
+    # The same when a run's checkpoint is swapped for another run's and training resumes.
+    shutil.copy(other / "checkpoints" / "last.pt", tmp_path / "swapped.pt")
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    shutil.copy(tmp_path / "swapped.pt", copy / "checkpoints" / "last.pt")
+    assert "does not fit this architecture" in one_error_line(capsys, ["train", "--resume", str(copy), "--epochs", "3"])
+
+
+def test_a_file_that_is_not_a_checkpoint(capsys, tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"\x80\x04not a checkpoint")
+    assert "not a readable mnistgan checkpoint" in one_error_line(capsys, ["sample", "--checkpoint", str(bogus), "--out", str(tmp_path / "x.png")])
+
+
+def test_digit_needs_a_conditional_run(capsys, trained_run, tmp_path):
+    line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--digit", "7", "--out", str(tmp_path / "x.png")])
+    assert "--digit needs a conditional run" in line
+
+
+def test_errors_in_a_fresh_process_have_no_traceback(tmp_path):
+    result = run_cli("train", "--preset", "mlp-gan", "--set", "loss.adversarial=wgan")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "choose one of" in result.stderr

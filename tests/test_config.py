@@ -1,0 +1,81 @@
+import pytest
+
+from mnistgan.config import Config, load_preset, parse_overrides, preset_names
+from mnistgan.errors import UserError
+
+REFERENCE_PRESETS = ["keras-dcgan", "tf-dcgan-tutorial", "mlp-gan", "vanilla-gan", "mlp-gan-dropout"]
+
+
+def test_the_five_reference_presets_exist_and_load():
+    assert set(REFERENCE_PRESETS) <= set(preset_names())
+    for name in REFERENCE_PRESETS:
+        config = load_preset(name)
+        assert config.preset == name and config.description
+
+
+def test_preset_values_are_their_references():
+    tf = load_preset("tf-dcgan-tutorial")
+    assert (tf.train.epochs, tf.train.batch_size, tf.train.update) == (50, 256, "simultaneous")
+    assert (tf.optim.generator_lr, tf.optim.discriminator_lr, tf.optim.eps) == (1e-4, 1e-4, 1e-7)
+    assert (tf.model.leaky_slope, tf.model.batchnorm_momentum, tf.model.batchnorm_eps) == (0.3, 0.01, 1e-3)
+    keras = load_preset("keras-dcgan")
+    assert (keras.train.epochs, keras.train.batch_size, keras.optim.beta1, keras.optim.generator_lr) == (20, 256, 0.5, 2e-4)
+    mlp = load_preset("mlp-gan")
+    assert (mlp.train.epochs, mlp.train.batch_size, mlp.model.generator_widths) == (550, 64, [256, 512, 1024])
+    assert load_preset("vanilla-gan").optim.optimizer == "sgd"
+    dropout = load_preset("mlp-gan-dropout")
+    assert (dropout.model.latent_distribution, dropout.optim.generator_lr) == ("uniform", 0.002)
+
+
+def test_overrides_are_typed():
+    overrides = parse_overrides(["train.epochs=3", "optim.generator_lr=1e-3", "model.conditional=true",
+                                 "loss.adversarial=hinge", "model.generator_widths=[32, 64]"])
+    config = load_preset("mlp-gan").replace(overrides)
+    assert config.train.epochs == 3 and config.optim.generator_lr == 1e-3 and config.model.conditional is True
+    assert config.loss.adversarial == "hinge" and config.model.generator_widths == [32, 64]
+
+
+def test_an_integer_is_accepted_where_a_float_is_expected():
+    assert Config().replace({"optim.generator_lr": 1}).optim.generator_lr == 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train.epoch": 3}, "unknown config key 'train.epoch' \\(did you mean train.epochs\\?\\)"),
+    ({"training.epochs": 3}, "unknown config key 'training.epochs'"),
+    ({"train.epochs": 0}, "train.epochs = 0 is out of range; it must be >= 1"),
+    ({"train.epochs": 2.5}, "train.epochs must be an integer"),
+    ({"train.batch_size": 0}, "train.batch_size = 0 is out of range"),
+    ({"optim.generator_lr": -0.1}, "optim.generator_lr = -0.1 is out of range; it must be > 0"),
+    ({"optim.generator_lr": 0}, "it must be > 0"),
+    ({"optim.generator_lr": "fast"}, "optim.generator_lr must be a number"),
+    ({"model.conditional": "yes"}, "model.conditional must be true or false"),
+    ({"loss.adversarial": "wgan"}, "choose one of minimax, non-saturating"),
+    ({"model.generator_widths": []}, "must be a non-empty list"),
+    ({"model.generator_widths": [0, 3]}, "positive integers"),
+    ({"model.generator_strides": [1, 2]}, "one stride per transposed conv"),
+    ({"model.generator_strides": [3, 2, 2]}, "does not divide 28"),
+    ({"train.update": "simultaneous", "train.d_steps": 2}, "needs train.update = 'alternating'"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        load_preset("tf-dcgan-tutorial").replace(override)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UserError, match="unknown preset 'dcgan'; choose one of: .*tf-dcgan-tutorial"):
+        load_preset("dcgan")
+
+
+def test_set_syntax():
+    with pytest.raises(UserError, match="not of the form"):
+        parse_overrides(["train.epochs"])
+    assert parse_overrides(["performance.device=cuda:1"]) == {"performance.device": "cuda:1"}
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    from mnistgan.config import load_toml
+
+    config = load_preset("keras-dcgan").replace({"train.epochs": 7})
+    path = tmp_path / "config.toml"
+    path.write_text(config.to_toml())
+    assert load_toml(path) == config

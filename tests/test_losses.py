@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from mnistgan import losses
+
+REAL = torch.tensor([2.0, -1.0, 0.5])
+FAKE = torch.tensor([-3.0, 0.0, 1.0])
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_bce_discriminator_loss_by_hand():
+    # -log sigmoid(r) = softplus(-r); -log(1 - sigmoid(f)) = softplus(f)
+    expected = mean([softplus(-r) for r in REAL.tolist()]) + mean([softplus(f) for f in FAKE.tolist()])
+    for kind in ("minimax", "non-saturating"):
+        assert losses.discriminator_loss(kind, REAL, FAKE).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_label_smoothing_lowers_the_real_target():
+    s = 0.1
+    expected = mean([(1 - s) * softplus(-r) + s * softplus(r) for r in REAL.tolist()]) + mean([softplus(f) for f in FAKE.tolist()])
+    assert losses.discriminator_loss("non-saturating", REAL, FAKE, s).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_generator_losses_by_hand():
+    assert losses.generator_loss("non-saturating", FAKE).item() == pytest.approx(mean([softplus(-f) for f in FAKE.tolist()]), rel=1e-6)
+    assert losses.generator_loss("minimax", FAKE).item() == pytest.approx(mean([-softplus(f) for f in FAKE.tolist()]), rel=1e-6)
+    assert losses.generator_loss("least-squares", FAKE).item() == pytest.approx(0.5 * mean([(f - 1) ** 2 for f in FAKE.tolist()]))
+    assert losses.generator_loss("hinge", FAKE).item() == pytest.approx(-mean(FAKE.tolist()))
+    assert losses.generator_loss("wasserstein-gp", FAKE).item() == pytest.approx(-mean(FAKE.tolist()))
+
+
+def test_least_squares_hinge_wasserstein_discriminator_losses_by_hand():
+    r, f = REAL.tolist(), FAKE.tolist()
+    assert losses.discriminator_loss("least-squares", REAL, FAKE).item() == pytest.approx(
+        0.5 * mean([(x - 1) ** 2 for x in r]) + 0.5 * mean([x**2 for x in f]))
+    assert losses.discriminator_loss("hinge", REAL, FAKE).item() == pytest.approx(
+        mean([max(0, 1 - x) for x in r]) + mean([max(0, 1 + x) for x in f]))
+    assert losses.discriminator_loss("wasserstein-gp", REAL, FAKE).item() == pytest.approx(mean(f) - mean(r))
+
+
+def test_minimax_saturates_where_non_saturating_does_not():
+    """When D confidently rejects fakes, minimax gives G almost no gradient; the non-saturating loss does."""
+    rejected = torch.tensor([-8.0], requires_grad=True)
+    (minimax_gradient,) = torch.autograd.grad(losses.generator_loss("minimax", rejected), rejected)
+    (non_saturating_gradient,) = torch.autograd.grad(losses.generator_loss("non-saturating", rejected), rejected)
+    assert abs(minimax_gradient.item()) < 1e-3 < abs(non_saturating_gradient.item())
+
+
+class Linear(torch.nn.Module):
+    """D(x) = <w, x>: its input gradient is w everywhere, so the penalties are known in closed form."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, images, labels=None):
+        return (images.flatten(1) * self.weight).sum(1)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    weight = torch.full((784,), 2.0 / 28)  # ||w|| = 2
+    real, fake = torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)
+    assert losses.gradient_penalty(Linear(weight), real, fake).item() == pytest.approx(1.0, rel=1e-5)
+    unit = torch.full((784,), 1.0 / 28)  # ||w|| = 1: no penalty
+    assert losses.gradient_penalty(Linear(unit), real, fake).item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_gradient_penalty_pushes_the_gradient_norm_towards_one():
+    weight = torch.full((784,), 3.0 / 28, requires_grad=True)
+    real, fake = torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)
+    optimizer = torch.optim.SGD([weight], lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        losses.gradient_penalty(Linear(weight), real, fake).backward()
+        optimizer.step()
+    assert weight.norm().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_r1_penalty_of_a_linear_critic():
+    weight = torch.full((784,), 3.0 / 28)  # ||w||^2 = 9
+    real = torch.randn(4, 1, 28, 28, requires_grad=True)
+    scores = Linear(weight)(real)
+    assert losses.r1_penalty(scores, real).item() == pytest.approx(9.0, rel=1e-5)
+
+
+def test_score_summary_is_a_probability_for_bce_losses():
+    scores = torch.tensor([0.0, 0.0])
+    assert losses.score_summary("non-saturating", scores).item() == 0.5
+    assert losses.score_summary("hinge", scores).item() == 0.0

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from mnistgan.config import load_preset
+from mnistgan.models import build_discriminator, build_generator, count_parameters, sample_latent
+from mnistgan.models.dcgan import same_transposed_padding
+
+# Trainable parameter counts. The TF tutorial's are Keras' model.summary() totals minus BatchNorm's
+# non-trainable moving statistics (G 2,330,944 - 25,472; D 212,865).
+EXPECTED_PARAMETERS = {
+    "tf-dcgan-tutorial": (2_305_472, 212_865),
+    "keras-dcgan": (
+        100 * 6272 + 6272 + 2 * 6272 + 128 * 128 * 25 + 128 + 2 * 128 + 128 * 64 * 25 + 64 + 2 * 64 + 64 * 25 + 1,
+        25 * 64 + 64 + 64 * 128 * 25 + 128 + 6272 + 1,
+    ),
+    "mlp-gan": (
+        100 * 256 + 256 + 256 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 784 + 784,
+        784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 256 + 1,
+    ),
+    "vanilla-gan": (100 * 256 + 256 + 256 * 512 + 512 + 512 * 784 + 784, 784 * 512 + 512 + 512 * 256 + 256 + 256 + 1),
+    "mlp-gan-dropout": (
+        100 * 256 + 256 + 256 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 784 + 784,
+        784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 256 + 1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
+def test_shapes_and_parameter_counts(name):
+    config = load_preset(name).model
+    generator, discriminator = build_generator(config), build_discriminator(config)
+    assert (count_parameters(generator), count_parameters(discriminator)) == EXPECTED_PARAMETERS[name]
+    z = sample_latent(config, 5, "cpu")
+    images = generator(z)
+    assert images.shape == (5, 1, 28, 28)
+    assert images.abs().max() <= 1
+    assert discriminator(images).shape == (5,)
+
+
+def test_tf_tutorial_layer_shapes():
+    generator = build_generator(load_preset("tf-dcgan-tutorial").model)
+    shapes = []
+    hidden = generator.project(torch.randn(2, 100)).view(2, 256, 7, 7)
+    for layer in generator.net:
+        hidden = layer(hidden)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            shapes.append(tuple(hidden.shape[1:]))
+    assert shapes == [(128, 7, 7), (64, 14, 14), (1, 28, 28)]
+    assert all(m.bias is None for m in generator.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d)))
+
+
+def test_keras_semantics_are_applied():
+    generator = build_generator(load_preset("tf-dcgan-tutorial").model)
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.momentum == 0.01 and m.eps == 1e-3 for m in norms)
+    slopes = {m.negative_slope for m in generator.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.3}
+    # Glorot-uniform: every weight within its limit sqrt(6 / (fan_in + fan_out)).
+    linear = generator.project[0]
+    limit = (6 / (100 + 12544)) ** 0.5
+    assert linear.weight.abs().max() <= limit and linear.weight.abs().max() > 0.9 * limit
+
+
+@pytest.mark.parametrize("kernel, stride", [(5, 1), (5, 2), (4, 2), (3, 2), (3, 1)])
+def test_same_padding_multiplies_size_by_stride(kernel, stride):
+    padding, output_padding = same_transposed_padding(kernel, stride)
+    layer = torch.nn.ConvTranspose2d(1, 1, kernel, stride, padding, output_padding)
+    assert layer(torch.zeros(1, 1, 7, 7)).shape[-1] == 7 * stride
+
+
+def test_uniform_latent_is_in_range():
+    z = sample_latent(load_preset("mlp-gan-dropout").model, 1000, "cpu")
+    assert z.min() >= -1 and z.max() <= 1 and z.min() < -0.9
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "dcgan"])
+def test_conditional_networks_use_labels(architecture):
+    config = load_preset("tf-dcgan-tutorial" if architecture == "dcgan" else "mlp-gan").replace(
+        {"model.conditional": True}).model
+    torch.manual_seed(0)
+    generator, discriminator = build_generator(config).eval(), build_discriminator(config).eval()
+    z = torch.randn(4, 100)
+    sevens, ones = torch.full((4,), 7), torch.full((4,), 1)
+    assert not torch.allclose(generator(z, sevens), generator(z, ones))
+    images = generator(z, sevens)
+    assert not torch.allclose(discriminator(images, sevens), discriminator(images, ones))
+
+
+def test_spectral_norm_bounds_the_largest_singular_value():
+    config = load_preset("mlp-gan").replace({"model.spectral_norm": True}).model
+    discriminator = build_discriminator(config).train()
+    for _ in range(30):  # power iterations converge over forward passes
+        discriminator(torch.randn(8, 1, 28, 28))
+    discriminator.eval()
+    first = discriminator.net[0]
+    assert torch.linalg.matrix_norm(first.weight.detach(), ord=2) == pytest.approx(1.0, rel=0.05)

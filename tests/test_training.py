@@ -1,0 +1,124 @@
+import csv
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mnistgan
+from mnistgan import training as train_module
+from mnistgan.checkpoint import load_checkpoint
+from mnistgan.errors import UserError
+
+from conftest import TINY_DCGAN, TINY_MLP
+
+
+def weights_of(run_dir):
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return {**{f"g.{k}": v for k, v in state["generator"].items()}, **{f"d.{k}": v for k, v in state["discriminator"].items()}}
+
+
+def assert_bitwise_equal(first, second):
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"weights differ: {different[:5]}"
+
+
+def test_a_run_writes_every_output(tmp_path):
+    run = mnistgan.train("tf-dcgan-tutorial", overrides={**TINY_DCGAN, "train.epochs": 2}, out=tmp_path / "run")
+    root = run.dir
+    for name in ("config.toml", "losses.csv", "loss_curves.png", "progress.gif", "generator.safetensors",
+                 "checkpoints/last.pt", "samples/image_at_epoch_0001.png", "samples/image_at_epoch_0002.png"):
+        assert (root / name).is_file(), name
+    with open(root / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake"]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16]  # 8 steps per epoch, a row per 2
+    assert {r["epoch"] for r in rows} == {"1", "2"}
+    weights = load_file(root / "generator.safetensors")
+    assert "project.0.weight" in weights
+
+
+def test_resume_after_one_epoch_equals_an_uninterrupted_run(tmp_path):
+    settings = {**TINY_MLP, "train.epochs": 2}
+    mnistgan.train("mlp-gan-dropout", overrides=settings, out=tmp_path / "straight")
+    mnistgan.train("mlp-gan-dropout", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
+    mnistgan.train(resume=tmp_path / "resumed", epochs=2)
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
+    assert (tmp_path / "straight" / "losses.csv").read_text() == (tmp_path / "resumed" / "losses.csv").read_text()
+
+
+def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+    settings = {**TINY_DCGAN, "train.epochs": 2, "train.ema_decay": 0.9}
+    mnistgan.train("keras-dcgan", overrides=settings, out=tmp_path / "straight")
+
+    original_run, calls = train_module.StepRunner.run, []
+
+    def run_then_interrupt(self, remaining):
+        ran = original_run(self, remaining)
+        calls.append(ran)
+        if len(calls) == 11:  # in the second epoch (8 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return ran
+
+    monkeypatch.setattr(train_module.StepRunner, "run", run_then_interrupt)
+    with pytest.raises(train_module.TrainingInterrupted, match="interrupted at epoch 2, step 3; checkpoint saved"):
+        mnistgan.train("keras-dcgan", overrides=settings, out=tmp_path / "interrupted")
+    monkeypatch.setattr(train_module.StepRunner, "run", original_run)
+    state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 3)
+
+    mnistgan.train(resume=tmp_path / "interrupted")
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "interrupted"))
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["ema"]
+    resumed = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")["ema"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert (tmp_path / "straight" / "losses.csv").read_text() == (tmp_path / "interrupted" / "losses.csv").read_text()
+
+
+def test_resume_drops_loss_rows_written_after_the_checkpoint(tmp_path):
+    settings = {**TINY_MLP, "train.epochs": 2, "train.checkpoint_every": 2}
+    mnistgan.train("vanilla-gan", overrides={**settings, "train.epochs": 2}, out=tmp_path / "run")
+    reference = (tmp_path / "run" / "losses.csv").read_text()
+    # Pretend the run crashed during epoch 3 after writing rows for it, checkpoint still at epoch 2.
+    with open(tmp_path / "run" / "losses.csv", "a") as handle:
+        handle.write("999,3,1,1,0.5,0.5\n")
+    mnistgan.train(resume=tmp_path / "run", epochs=2)
+    assert (tmp_path / "run" / "losses.csv").read_text() == reference
+
+
+def test_simultaneous_update_changes_both_networks_from_one_batch(tmp_path):
+    run = mnistgan.train("tf-dcgan-tutorial", overrides={**TINY_DCGAN, "train.subset": 32}, out=tmp_path / "one-step")
+    state = load_checkpoint(run.dir / "checkpoints" / "last.pt")
+    assert int(state["g_optimizer"]["state"][0]["step"]) == 1 and int(state["d_optimizer"]["state"][0]["step"]) == 1
+
+
+def test_d_steps_update_d_more_often(tmp_path):
+    run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.d_steps": 2}, out=tmp_path / "d2")
+    state = load_checkpoint(run.dir / "checkpoints" / "last.pt")
+    g_steps = int(state["g_optimizer"]["state"][0]["step"])
+    d_steps = int(state["d_optimizer"]["state"][0]["step"])
+    assert (g_steps, d_steps) == (4, 8)  # 256 images / (32 x 2) = 4 G steps, each after 2 D steps
+
+
+def test_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no full batch"):
+        mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 10}, out=tmp_path / "x")
+
+
+def test_out_that_already_holds_a_run_is_refused(tmp_path):
+    mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
+    with pytest.raises(UserError, match="already holds a run"):
+        mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
+
+
+def test_run_api_samples_grids_and_losses(tmp_path):
+    run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 64}, out=tmp_path / "run")
+    loaded = mnistgan.load(run.dir)
+    images = loaded.sample(10, seed=3)
+    assert images.shape == (10, 1, 28, 28) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, loaded.sample(10, seed=3)) and not torch.equal(images, loaded.sample(10, seed=4))
+    assert loaded.grid(16).size == (2 * (4 * 30 + 2), 2 * (4 * 30 + 2))
+    assert set(loaded.losses) == {"step", "epoch", "d_loss", "g_loss", "d_real", "d_fake"}
