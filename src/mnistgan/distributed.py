@@ -8,6 +8,7 @@ global batch and the learning rates mean what they mean on one device. Rank 0 al
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +53,20 @@ class Distributed:
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def check_replicas(self, *networks: torch.nn.Module) -> str:
+        """SHA-256 of the networks' parameters, checked equal on every rank (else RuntimeError)."""
+        digest = hashlib.sha256()
+        for network in networks:
+            for parameter in network.parameters():
+                digest.update(parameter.detach().float().cpu().numpy().tobytes())
+        local = digest.hexdigest()
+        if self.enabled:
+            digests = [None] * self.world_size
+            dist.all_gather_object(digests, local)
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"the {self.world_size} processes ended with different weights: {sorted(set(digests))}")
+        return local
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():

@@ -9,13 +9,13 @@ a step needs nothing from the host: the same step runs eagerly or captured into 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -250,6 +250,59 @@ class StepRunner:
         return graph
 
 
+@dataclass
+class TrainingParts:
+    generator: nn.Module
+    discriminator: nn.Module
+    ema: nn.Module | None
+    g_optimizer: torch.optim.Optimizer
+    d_optimizer: torch.optim.Optimizer
+    step: TrainingStep
+    runner: StepRunner
+    use_graphs: bool
+
+
+def resolve_precision(config: Config, device: torch.device) -> str:
+    """bf16 autocast on CUDA (fp32 master weights), fp32 on CPU, unless the config says otherwise."""
+    precision = config.performance.precision
+    return precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+
+def build_training(config: Config, device: torch.device, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                   steps_per_epoch: int, precision: str, distributed: Distributed = Distributed()) -> TrainingParts:
+    """Networks (seeded by ``train.seed``), optimizers and the step machinery, ready to train on ``device``."""
+    perf = config.performance
+    torch.manual_seed(config.train.seed)
+    generator = build_generator(config.model).to(device)
+    discriminator = build_discriminator(config.model).to(device)
+    ema = None
+    if config.train.ema_decay > 0:
+        ema = build_generator(config.model).to(device)
+        ema.load_state_dict(generator.state_dict())
+        ema.requires_grad_(False)
+    if device.type == "cuda" and perf.channels_last and config.model.architecture == "dcgan":
+        for network in (generator, discriminator, ema):
+            if network is not None:
+                network.to(memory_format=torch.channels_last)
+    if distributed.rank > 0:
+        torch.manual_seed(config.train.seed + 7919 * distributed.rank)  # same weights, different noise per rank
+    use_graphs = device.type == "cuda" and perf.cuda_graphs and not distributed.enabled and not perf.compile
+    g_optimizer = make_optimizer(generator.parameters(), config, config.optim.generator_lr, device, capturable=use_graphs)
+    d_optimizer = make_optimizer(discriminator.parameters(), config, config.optim.discriminator_lr, device, capturable=use_graphs)
+
+    forward = {"generator": generator, "discriminator": discriminator, "discriminator_score": discriminator}
+    if distributed.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        forward["generator"] = nn.parallel.DistributedDataParallel(generator, device_ids=ids)
+        forward["discriminator"] = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
+    if perf.compile:
+        forward = {name: torch.compile(network) for name, network in forward.items()}
+    step = TrainingStep(config, generator, discriminator, ema, g_optimizer, d_optimizer, images, labels,
+                        batch_size, steps_per_epoch, device, precision, forward)
+    return TrainingParts(generator, discriminator, ema, g_optimizer, d_optimizer, step,
+                         StepRunner(step, use_graphs, perf.steps_per_graph), use_graphs)
+
+
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     """The permutation of the training images for ``epoch``: a pure function of (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -302,7 +355,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         progress = _interactive()
     if perf.threads:
         torch.set_num_threads(perf.threads)
-    precision = perf.precision if perf.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(config, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -325,37 +378,11 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     images = split.images[:count].to(device)
     labels = split.labels[:count].to(device)
 
-    # -- networks, optimizers, fixed noise ---------------------------------------------------------
-    torch.manual_seed(train_config.seed)
-    generator = build_generator(config.model).to(device)
-    discriminator = build_discriminator(config.model).to(device)
-    ema = None
-    if train_config.ema_decay > 0:
-        ema = build_generator(config.model).to(device)
-        ema.load_state_dict(generator.state_dict())
-        ema.requires_grad_(False)
-    if device.type == "cuda" and perf.channels_last and config.model.architecture == "dcgan":
-        for network in (generator, discriminator, ema):
-            if network is not None:
-                network.to(memory_format=torch.channels_last)
-    if distributed.rank > 0:
-        torch.manual_seed(train_config.seed + 7919 * distributed.rank)  # same weights, different noise per rank
-    use_graphs = device.type == "cuda" and perf.cuda_graphs and not distributed.enabled and not perf.compile
-    g_optimizer = make_optimizer(generator.parameters(), config, config.optim.generator_lr, device, capturable=use_graphs)
-    d_optimizer = make_optimizer(discriminator.parameters(), config, config.optim.discriminator_lr, device, capturable=use_graphs)
+    # -- networks, optimizers, the step ------------------------------------------------------------
+    parts = build_training(config, device, images, labels, batch_size, steps_per_epoch, precision, distributed)
+    generator, discriminator, ema = parts.generator, parts.discriminator, parts.ema
+    g_optimizer, d_optimizer, step, runner, use_graphs = parts.g_optimizer, parts.d_optimizer, parts.step, parts.runner, parts.use_graphs
     fixed_noise, fixed_labels = fixed_inputs(config, device)
-
-    forward = {"generator": generator, "discriminator": discriminator, "discriminator_score": discriminator}
-    if distributed.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        forward["generator"] = nn.parallel.DistributedDataParallel(generator, device_ids=ids)
-        forward["discriminator"] = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
-    if perf.compile:
-        forward = {name: torch.compile(network) for name, network in forward.items()}
-
-    step = TrainingStep(config, generator, discriminator, ema, g_optimizer, d_optimizer, images, labels,
-                        batch_size, steps_per_epoch, device, precision, forward)
-    runner = StepRunner(step, use_graphs, perf.steps_per_graph)
 
     # -- start or resume ---------------------------------------------------------------------------
     completed_epochs, step_in_epoch, best_fd, trained_seconds = 0, 0, math.inf, 0.0
@@ -488,6 +515,10 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
             write_outputs(final=True)
         where = f"epoch {completed_epochs + 1}, step {step_in_epoch}" if step_in_epoch else f"the end of epoch {completed_epochs}"
         raise TrainingInterrupted(f"interrupted at {where}; checkpoint saved. Resume with: mnistgan train --resume {paths.root}") from None
+    else:
+        if distributed.enabled:  # data parallelism must leave every process with the same networks
+            digest = distributed.check_replicas(generator, discriminator)
+            say(f"all {distributed.world_size} processes hold identical weights (sha256 {digest[:16]})")
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)

@@ -1,0 +1,172 @@
+"""Training speed: mnistgan's training step against the naive reference loop, same models, same run.
+
+    python benchmarks/bench_train.py                      # every preset, this machine's device
+    python benchmarks/bench_train.py --presets tf-dcgan-tutorial mlp-gan --ablation --json out.json
+
+Each (preset, variant) runs in its own process, so peak memory is its own. A variant trains for a
+fixed number of steps after warm-up (CUDA graph capture and cuDNN autotuning excluded) and reports
+images per second, seconds per epoch (extrapolated to the 60,000 training images), peak memory
+and the memory in use after the first and the last timing window (equal: no growth). The table
+gives each variant's speed-up over the naive loop measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from naive import NaiveLoop  # noqa: E402
+
+from mnistgan.config import load_preset, parse_overrides, preset_names  # noqa: E402
+from mnistgan.data import load_mnist  # noqa: E402
+from mnistgan.training import build_training, epoch_order, resolve_device, resolve_precision  # noqa: E402
+
+TRAINING_IMAGES = 60_000
+# Variants: a name and the config overrides that make it. "naive" is the reference loop.
+VARIANTS = {"naive": None, "mnistgan": []}
+ABLATIONS = {  # what each speed-up is worth, measured by turning it off (CUDA) or on (CPU)
+    "cuda": {"no-graphs": ["performance.cuda_graphs=false"], "fp32": ["performance.precision=\"fp32\""],
+             "no-channels-last": ["performance.channels_last=false"], "1-step-graphs": ["performance.steps_per_graph=1"]},
+    "cpu": {"compile": ["performance.compile=true"]},
+}
+
+
+def current_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(preset: str, variant: str, overrides: list[str] | None, device_name: str, steps: int, windows: int) -> dict:
+    """Train ``windows`` x ``steps`` steps after warm-up; return speed and memory of this process."""
+    device = resolve_device(device_name)
+    config = load_preset(preset).replace({"performance.device": device_name, **parse_overrides(overrides or [])})
+    split = load_mnist("train")
+    batch, d_steps = config.train.batch_size, config.train.d_steps
+    steps_per_epoch = TRAINING_IMAGES // (batch * d_steps)
+    warmup = 20 if device.type == "cuda" else 2
+    if overrides is None:
+        loop = NaiveLoop(config, device, split.images, split.labels)
+        run = lambda count: [loop.step() for _ in range(count)]  # noqa: E731
+    else:
+        images, labels = split.images.to(device), split.labels.to(device)
+        parts = build_training(config, device, images, labels, batch, steps_per_epoch, resolve_precision(config, device))
+        parts.step.order.copy_(epoch_order(0, 1, TRAINING_IMAGES)[: parts.step.order.numel()])
+
+        position = 0  # step within the epoch, tracked on the host as training does
+
+        def run(count):
+            nonlocal position
+            done = 0
+            while done < count:
+                if position == steps_per_epoch:  # wrap around: same order again (device-side resets, no sync)
+                    parts.step.cursor.zero_()
+                    parts.step.step_index.zero_()
+                    position = 0
+                ran = parts.runner.run(min(count - done, steps_per_epoch - position))
+                done, position = done + ran, position + ran
+
+    run(warmup)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, memory = [], []
+    for _ in range(windows):
+        start = time.perf_counter()
+        run(steps)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        memory.append(current_memory(device))
+    best = min(seconds)  # the least disturbed window
+    return {
+        "preset": preset, "variant": variant, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "batch_size": batch, "steps_timed": steps * windows,
+        "images_per_second": steps * batch * d_steps / best,
+        "seconds_per_epoch": best / steps * steps_per_epoch,
+        "window_seconds": seconds,
+        "peak_memory_mb": peak_memory(device) / 2**20,
+        "memory_first_window_mb": memory[0] / 2**20, "memory_last_window_mb": memory[-1] / 2**20,
+    }
+
+
+def default_steps(preset: str, device_type: str) -> int:
+    mlp = load_preset(preset).model.architecture == "mlp"
+    if device_type == "cuda":
+        return 2000 if mlp else 300
+    return 150 if mlp else 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=preset_names())
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, help="steps per timing window (default: by device and architecture)")
+    parser.add_argument("--windows", type=int, default=3, help="timing windows; the fastest is reported")
+    parser.add_argument("--ablation", action="store_true", help="also measure with each speed-up switched off (CUDA) or on (CPU)")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--single", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device_type = resolve_device(args.device).type
+
+    if args.single:  # child process: one measurement, JSON on the last line of stdout
+        preset, variant = args.single
+        steps = args.steps or default_steps(preset, device_type)
+        overrides = None if variant == "naive" else (args.overrides or [])
+        print(json.dumps(measure(preset, variant, overrides, args.device, steps, args.windows)))
+        return
+
+    variants = dict(VARIANTS)
+    if args.ablation:
+        variants.update(ABLATIONS[device_type])
+    results = []
+    for preset in args.presets:
+        for variant, overrides in variants.items():
+            command = [sys.executable, __file__, "--single", preset, variant, "--device", args.device,
+                       "--windows", str(args.windows)] + (["--steps", str(args.steps)] if args.steps else [])
+            if overrides:
+                command += ["--overrides", *overrides]
+            completed = subprocess.run(command, capture_output=True, text=True)
+            if completed.returncode != 0:
+                print(f"{preset} / {variant}: failed\n{completed.stderr[-2000:]}", file=sys.stderr)
+                continue
+            result = json.loads(completed.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(f"  measured {preset:<18} {variant:<16} {result['seconds_per_epoch']:9.3f} s/epoch", file=sys.stderr, flush=True)
+    naive = {r["preset"]: r["seconds_per_epoch"] for r in results if r["variant"] == "naive"}
+    for result in results:
+        result["speedup_over_naive"] = naive[result["preset"]] / result["seconds_per_epoch"] if result["preset"] in naive else None
+    device = results[0]["device"] if results else device_type
+    print(f"\ndevice: {device}, torch {torch.__version__}, {results[0]['threads'] if results else '?'} CPU threads")
+    print(f"{'preset':<18} {'variant':<16} {'batch':>5} {'img/s':>10} {'s/epoch':>9} {'vs naive':>8} {'peak MB':>9} {'MB 1st/last window':>19}")
+    for r in results:
+        ratio = f"{r['speedup_over_naive']:.2f}x" if r["speedup_over_naive"] else "-"
+        print(f"{r['preset']:<18} {r['variant']:<16} {r['batch_size']:>5} {r['images_per_second']:>10,.0f} {r['seconds_per_epoch']:>9.3f} "
+              f"{ratio:>8} {r['peak_memory_mb']:>9.0f} {r['memory_first_window_mb']:>9.0f}/{r['memory_last_window_mb']:<9.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The fast training step computes what the plain loop computes.
+
+CPU: mnistgan's step (device-side batching, one D pass for real and fake, fused optimizers, one G
+forward) against the benchmark's naive loop (DataLoader, separate passes, unfused optimizers).
+CUDA (skipped without a GPU): CUDA graphs and bf16 autocast against eager fp32.
+Both sides start from the same weights and see the same images in the same order and the same
+noise; dropout is off so that the random streams cannot differ.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistgan.config import load_preset
+from mnistgan.data import load_mnist
+from mnistgan.training import build_training, epoch_order
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from naive import NaiveLoop  # noqa: E402
+
+SMALL = {"model.discriminator_dropout": 0.0, "model.generator_dropout": 0.0, "train.batch_size": 32, "train.seed": 3}
+CASES = {
+    "tf-dcgan-tutorial": {**SMALL, "model.generator_widths": [32, 16, 8], "model.discriminator_widths": [8, 16]},
+    "keras-dcgan": {**SMALL, "model.generator_widths": [32, 16, 8], "model.discriminator_widths": [8, 16]},
+    "mlp-gan": {**SMALL, "model.generator_widths": [64, 128], "model.discriminator_widths": [128, 64]},
+    "vanilla-gan": {**SMALL, "model.generator_widths": [64, 128], "model.discriminator_widths": [128, 64]},
+}
+STEPS = 6
+
+
+def run_fast(config, device, images, labels, order, noise_bank, steps, precision="fp32"):
+    """mnistgan's step for ``steps`` steps; returns the (steps, 4) statistics."""
+    steps_per_epoch = images.shape[0] // config.train.batch_size
+    parts = build_training(config, device, images.to(device), labels.to(device), config.train.batch_size,
+                           steps_per_epoch, precision)
+    parts.step.order.copy_(order[: parts.step.order.numel()])
+    bank = noise_bank.to(device)
+    counter = torch.zeros(1, dtype=torch.long, device=device)
+
+    def noise():  # device-side indexing, so that it can be captured in a CUDA graph too
+        z = bank.index_select(0, counter).squeeze(0)
+        counter.add_(1)
+        return z, None
+
+    parts.step._noise = noise
+    done = 0
+    while done < steps:
+        done += parts.runner.run(steps - done)
+    return parts.step.stats[:steps].cpu()
+
+
+@pytest.mark.parametrize("preset", sorted(CASES))
+def test_fast_step_matches_the_naive_loop_on_cpu(preset):
+    config = load_preset(preset).replace({**CASES[preset], "performance.device": "cpu"})
+    split = load_mnist("train")
+    images, labels = split.images[:512], split.labels[:512]
+    order = epoch_order(0, 1, 512)
+    generator = torch.Generator().manual_seed(0)
+    noise_bank = torch.randn(STEPS, config.train.batch_size, config.model.latent_dim, generator=generator)
+
+    fast = run_fast(config, torch.device("cpu"), images, labels, order, noise_bank, STEPS)
+    bank = iter(noise_bank)
+    naive = NaiveLoop(config, torch.device("cpu"), images, labels, order=order, noise=lambda: next(bank))
+    for _ in range(STEPS):
+        naive.step()
+    expected = torch.tensor(naive.history)
+    torch.testing.assert_close(fast[:, :2], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(fast[0], fast[-1])  # training moved
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", sorted(CASES))
+def test_cuda_graphs_and_bf16_compute_the_plain_losses(preset):
+    config = load_preset(preset).replace({**CASES[preset], "performance.device": "cuda"})
+    split = load_mnist("train")
+    images, labels = split.images[:2048], split.labels[:2048]
+    order = epoch_order(0, 1, 2048)
+    steps = 3 + 2 * config.performance.steps_per_graph + 2  # warm-up, two multi-step graphs, two 1-step graphs
+    noise_bank = torch.randn(steps, config.train.batch_size, config.model.latent_dim, generator=torch.Generator().manual_seed(0))
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, images, labels, order, noise_bank, steps)
+    graphed = run_fast(config, device, images, labels, order, noise_bank, steps)
+    torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)  # graphs replay the eager kernels
+    graphed_bf16 = run_fast(config, device, images, labels, order, noise_bank, steps, precision="bf16")
+    torch.testing.assert_close(graphed_bf16[:, :2], eager[:, :2], rtol=5e-2, atol=2e-2)
+    # And the plain CPU computation agrees with the CUDA one.
+    cpu = run_fast(config.replace({"performance.device": "cpu"}), torch.device("cpu"), images, labels, order, noise_bank, steps)
+    torch.testing.assert_close(eager, cpu, rtol=1e-3, atol=1e-3)
