@@ -110,9 +110,12 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
     }
 
 
-def default_steps(preset: str, device_type: str) -> int:
+def default_steps(preset: str, variant: str, device_type: str) -> int:
+    """Enough steps for a window of a second or more, not minutes."""
     mlp = load_preset(preset).model.architecture == "mlp"
     if device_type == "cuda":
+        if variant == "naive":
+            return 400 if mlp else 100
         return 2000 if mlp else 300
     return 150 if mlp else 4
 
@@ -124,6 +127,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per timing window (default: by device and architecture)")
     parser.add_argument("--windows", type=int, default=3, help="timing windows; the fastest is reported")
     parser.add_argument("--ablation", action="store_true", help="also measure with each speed-up switched off (CUDA) or on (CPU)")
+    parser.add_argument("--variants", nargs="+", help="measure only these variants (naive, mnistgan, or ablation names)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--single", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--overrides", nargs="*", help=argparse.SUPPRESS)
@@ -132,14 +136,16 @@ def main() -> None:
 
     if args.single:  # child process: one measurement, JSON on the last line of stdout
         preset, variant = args.single
-        steps = args.steps or default_steps(preset, device_type)
+        steps = args.steps or default_steps(preset, variant, device_type)
         overrides = None if variant == "naive" else (args.overrides or [])
         print(json.dumps(measure(preset, variant, overrides, args.device, steps, args.windows)))
         return
 
     variants = dict(VARIANTS)
-    if args.ablation:
+    if args.ablation or args.variants:
         variants.update(ABLATIONS[device_type])
+    if args.variants:
+        variants = {name: variants[name] for name in args.variants}
     results = []
     for preset in args.presets:
         for variant, overrides in variants.items():
@@ -153,6 +159,8 @@ def main() -> None:
                 continue
             result = json.loads(completed.stdout.strip().splitlines()[-1])
             results.append(result)
+            if args.json:  # after every measurement, so that an interrupted run keeps what it measured
+                args.json.write_text(json.dumps(results, indent=2))
             print(f"  measured {preset:<18} {variant:<16} {result['seconds_per_epoch']:9.3f} s/epoch", file=sys.stderr, flush=True)
     naive = {r["preset"]: r["seconds_per_epoch"] for r in results if r["variant"] == "naive"}
     for result in results:

@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-from .api import Run, load, resolve_config, train  # noqa: E402
+from .api import Run, evaluate_real, evaluate_samples, load, resolve_config, train  # noqa: E402
 from .errors import UserError  # noqa: E402
 
-__all__ = ["Run", "UserError", "load", "resolve_config", "train"]
+__all__ = ["Run", "UserError", "evaluate_real", "evaluate_samples", "load", "resolve_config", "train"]

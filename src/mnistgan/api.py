@@ -5,6 +5,7 @@
     run.grid(16)                 # a PIL image; shown inline in Jupyter
     images = run.sample(1000)    # tensor (1000, 1, 28, 28) in [-1, 1]
     run.losses["g_loss"]         # numpy columns of losses.csv
+    run.evaluate()               # FD, KID, precision/recall, density/coverage, digits covered...
 """
 
 from __future__ import annotations
@@ -85,6 +86,23 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
     return Run(out_path)
 
 
+def evaluate_samples(path: str | Path, device: str = "auto") -> dict:
+    """Score samples made by any tool: a .npy array or a folder of 28x28 PNG digits."""
+    from . import metrics
+    from .metrics.samples import load_samples
+    from .training import resolve_device
+
+    return metrics.evaluate_images(load_samples(path), device=resolve_device(device))
+
+
+def evaluate_real(n: int = 10_000, device: str = "auto") -> dict:
+    """The real-data floor: ``n`` training images scored against the test set like samples."""
+    from . import metrics
+    from .training import resolve_device
+
+    return metrics.evaluate_real(n, device=resolve_device(device))
+
+
 def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> "Run":
     """Open a finished or interrupted run for sampling and evaluation."""
     return Run(run_dir, checkpoint)
@@ -134,6 +152,7 @@ class Run:
         else:
             state = load_checkpoint(source)
             config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
+        self._weights_source = source
         if self.config is None:
             self.config = config_from_dict(config_dict)
         network = build_generator(self.config.model)
@@ -188,6 +207,28 @@ class Run:
         if self.paths is None or not self.paths.metrics_json.is_file():
             raise UserError("this run has not been evaluated yet; call run.evaluate() or `mnistgan evaluate --run`")
         return json.loads(self.paths.metrics_json.read_text())
+
+    def evaluate(self, n: int = 10_000, seed: int = 0, device: str = "auto", reference: str = "test", save: bool = True) -> dict:
+        """Score ``n`` samples with the shipped evaluator (see ``mnistgan.metrics``); saved as metrics.json.
+
+        Conditional runs also get ``conditional_accuracy``: how often the evaluator reads the
+        digit that was asked for, over ``n`` samples with the digits in equal shares.
+        """
+        from . import metrics
+        from .training import resolve_device
+
+        torch_device = resolve_device(device)
+        self.generator.to(torch_device)
+        result = metrics.evaluate_images(self.sample(n, seed, device=torch_device), reference=reference, device=torch_device)
+        if self.config.model.conditional:
+            digits = torch.arange(n) % 10
+            z = sample_latent(self.config.model, n, "cpu", torch.Generator().manual_seed(seed + 1))
+            images = generate(self.generator, z.to(torch_device), digits.to(torch_device))
+            result["conditional_accuracy"] = metrics.conditional_accuracy(images, digits, device=torch_device)
+        result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset)
+        if save and self.paths is not None:
+            self.paths.metrics_json.write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
     def _repr_png_(self) -> bytes:
         import io

@@ -77,6 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
     sample.add_argument("--digit", type=_digit, help="conditional runs: the digit to draw, or 'all' for one row per digit")
 
+    evaluate = commands.add_parser("evaluate", help="measure sample quality: FD, KID, precision/recall, density/coverage, digits",
+                                   description="Score a run's generator, a file of samples, or real data (the floor) with the shipped MNIST evaluator.")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--run", metavar="RUN_DIR", help="run directory; writes metrics.json into it")
+    source.add_argument("--samples", metavar="FILE", help=".npy array (N,28,28 / N,1,28,28 / N,784; [-1,1], [0,1] or uint8) or a folder of PNGs")
+    source.add_argument("--real", action="store_true", help="the real-data floor: N training images against the test set")
+    evaluate.add_argument("--checkpoint", metavar="FILE", help="with --run or alone: these weights instead of the run's")
+    evaluate.add_argument("--n", type=_positive_int, default=10_000, help="samples to generate (default: 10000)")
+    evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    evaluate.add_argument("--reference", choices=("test", "train"), default="test", help="real images to compare with (default: test)")
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    evaluate.add_argument("--json", action="store_true", help="print JSON only")
+
+    train_evaluator = commands.add_parser("train-evaluator", help="reproduce the shipped evaluator network's weights")
+    train_evaluator.add_argument("--out", metavar="FILE", default="evaluator.safetensors", help="where to write the weights")
+    train_evaluator.add_argument("--seed", type=_non_negative_int, default=0)
+    train_evaluator.add_argument("--device", default="cpu", help="cpu (default; reproduces the shipped file) or cuda")
+
     presets = commands.add_parser("presets", help="list the presets, or show one's full config")
     presets.add_argument("--show", metavar="NAME", help="print this preset's full resolved config as TOML")
     return parser
@@ -142,6 +160,56 @@ def _sample(args) -> int:
     return 0
 
 
+METRIC_LABELS = [  # key, label, which way is better
+    ("fd", "Fréchet distance", "lower"), ("kid", "kernel distance (KID)", "lower"),
+    ("precision", "precision (k=3)", "higher"), ("recall", "recall (k=3)", "higher"),
+    ("density", "density (k=5)", "higher"), ("coverage", "coverage (k=5)", "higher"),
+    ("digits_covered", "digits covered", "higher"), ("class_kl", "class KL from real", "lower"),
+    ("classifier_score", "classifier score", "higher"), ("mean_confidence", "mean confidence", "higher"),
+    ("confident_fraction", "share confidently classified", "higher"), ("conditional_accuracy", "conditional accuracy", "higher"),
+]
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from . import api
+
+    if args.real:
+        result = api.evaluate_real(args.n, args.device)
+        floor = None
+    elif args.samples:
+        result = api.evaluate_samples(args.samples, args.device)
+        floor = None if args.json else api.evaluate_real(min(result["n"], 60_000), args.device)
+    elif args.run or args.checkpoint:
+        result = api.load(args.run, args.checkpoint).evaluate(args.n, args.seed, args.device, args.reference)
+        floor = None if args.json or args.reference != "test" else api.evaluate_real(args.n, args.device)
+    else:
+        raise UserError("give --run RUN_DIR, --checkpoint FILE, --samples FILE or --real")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    what = "real training images vs test images" if args.real else f"{result['n']} samples vs the {args.reference if not args.samples else 'test'} set"
+    print(f"{what}")
+    print(f"{'metric':<30} {'value':>10} {'real floor':>11}  better")
+    for key, label, better in METRIC_LABELS:
+        if key in result:
+            floor_text = f"{floor[key]:>11.4g}" if floor and key in floor else f"{'':>11}"
+            print(f"{label:<30} {result[key]:>10.4g} {floor_text}  {better}")
+    print("class histogram (share of each digit 0-9): " + " ".join(f"{share:.3f}" for share in result["class_histogram"]))
+    if args.run:
+        print(f"wrote {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def _train_evaluator(args) -> int:
+    from .metrics.evaluator import train_evaluator
+
+    result = train_evaluator(seed=args.seed, out_path=args.out, device=args.device)
+    print(f"test accuracy {result['accuracy']:.4f} in {result['seconds']:.0f} s; weights in {args.out}")
+    return 0
+
+
 def _presets(args) -> int:
     from .config import DEFAULT_PRESET, load_preset, preset_names
 
@@ -156,7 +224,7 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample, "presets": _presets}
+COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "train-evaluator": _train_evaluator, "presets": _presets}
 
 
 if __name__ == "__main__":

@@ -52,10 +52,15 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for but no CUDA GPU is visible; use --device cpu or --device auto")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device {name} is not supported; use auto, cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} asked for but no CUDA GPU is visible; use --device cpu or --device auto")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {name} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", index)
     return device
 
 
@@ -272,6 +277,10 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
                    steps_per_epoch: int, precision: str, distributed: Distributed = Distributed()) -> TrainingParts:
     """Networks (seeded by ``train.seed``), optimizers and the step machinery, ready to train on ``device``."""
     perf = config.performance
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned conv algorithms (chosen during the eager warm-up)
+        torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"  # fp32 keeps 10-bit-mantissa matmuls: TF32
+        torch.backends.cudnn.allow_tf32 = precision == "fp32"
     torch.manual_seed(config.train.seed)
     generator = build_generator(config.model).to(device)
     discriminator = build_discriminator(config.model).to(device)
@@ -332,6 +341,33 @@ def generate(network: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, b
     return torch.cat(chunks) if chunks else torch.zeros(0, 1, 28, 28)
 
 
+@torch.no_grad()
+def refresh_batchnorm_statistics(network: nn.Module, config: Config, device: torch.device,
+                                 batches: int = 16, batch_size: int = 256) -> None:
+    """Recompute a generator's BatchNorm running statistics from its own outputs ("standing statistics").
+
+    Uses its own seeded RNG and keeps dropout off, so the training RNG stream is untouched.
+    """
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = network.training
+    network.eval()
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over the batches below
+        module.train()
+    generator = torch.Generator().manual_seed(config.train.seed + 2)
+    for _ in range(batches):
+        z = sample_latent(config.model, batch_size, "cpu", generator).to(device)
+        labels = torch.randint(0, 10, (batch_size,), generator=generator).to(device) if config.model.conditional else None
+        network(z, labels)
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+    network.train(was_training)
+
+
 def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
@@ -358,9 +394,6 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     precision = resolve_precision(config, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
     split = load_mnist("train", data_dir)
@@ -422,6 +455,11 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         }
 
     sampler = ema if ema is not None else generator
+
+    def prepare_sampler() -> None:
+        """The EMA generator's weights are an average, G's BatchNorm statistics are not: re-estimate them."""
+        if ema is not None:
+            refresh_batchnorm_statistics(ema, config, device)
 
     def write_outputs(final: bool) -> None:
         """Loss curves, GIF and the shareable generator: refreshed at sample times and at the end."""
@@ -488,6 +526,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
 
             # -- log, sample, evaluate, checkpoint ---------------------------------------------------
             if main_process:
+                prepare_sampler()
                 _append_losses(paths.losses, epoch_stats, epoch, steps_per_epoch, train_config.log_every)
                 means = epoch_stats.mean(0).tolist()
                 images_per_second = (steps_per_epoch - first_step) * images_per_step / seconds
@@ -512,6 +551,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     except _Stop:
         if main_process:
             save_checkpoint(checkpoint_state(), paths.last_checkpoint)
+            prepare_sampler()
             write_outputs(final=True)
         where = f"epoch {completed_epochs + 1}, step {step_in_epoch}" if step_in_epoch else f"the end of epoch {completed_epochs}"
         raise TrainingInterrupted(f"interrupted at {where}; checkpoint saved. Resume with: mnistgan train --resume {paths.root}") from None
