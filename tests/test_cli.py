@@ -143,3 +143,40 @@ def test_errors_in_a_fresh_process_have_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "choose one of" in result.stderr
+
+
+def test_evaluate_a_run_writes_metrics_json(capsys, trained_run):
+    import json
+
+    assert main(["evaluate", "--run", str(trained_run), "--n", "300", "--device", "cpu", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    assert printed == saved
+    for key in ("fd", "kid", "classifier_score", "precision", "recall", "density", "coverage", "digits_covered",
+                "class_kl", "class_histogram", "mean_confidence", "n"):
+        assert key in saved, key
+    assert saved["n"] == 300 and len(saved["class_histogram"]) == 10
+
+
+def test_evaluate_prints_a_table_with_the_real_floor(capsys, trained_run):
+    assert main(["evaluate", "--run", str(trained_run), "--n", "300", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Fréchet distance" in out and "real floor" in out and "digits covered" in out
+
+
+def test_evaluate_samples_from_any_tool(capsys, tmp_path):
+    import json
+
+    from mnistgan.data import load_mnist
+
+    digits = load_mnist("test").images[:200].numpy()  # uint8, (200, 1, 28, 28)
+    np.save(tmp_path / "real.npy", digits)
+    assert main(["evaluate", "--samples", str(tmp_path / "real.npy"), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 200 and result["digits_covered"] == 10
+    np.save(tmp_path / "bad.npy", np.full((20, 28, 28), np.nan, dtype=np.float32))
+    assert "NaN" in one_error_line(capsys, ["evaluate", "--samples", str(tmp_path / "bad.npy"), "--device", "cpu"])
+
+
+def test_evaluate_needs_a_source(capsys):
+    assert "give --run" in one_error_line(capsys, ["evaluate"])

@@ -2,6 +2,7 @@ import csv
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -122,3 +123,96 @@ def test_run_api_samples_grids_and_losses(tmp_path):
     assert torch.equal(images, loaded.sample(10, seed=3)) and not torch.equal(images, loaded.sample(10, seed=4))
     assert loaded.grid(16).size == (2 * (4 * 30 + 2), 2 * (4 * 30 + 2))
     assert set(loaded.losses) == {"step", "epoch", "d_loss", "g_loss", "d_real", "d_fake"}
+
+
+# -- every loss, regulariser and trick of the config: trains, stays finite, reports what it says ----
+
+from mnistgan import losses as loss_functions  # noqa: E402
+from mnistgan.config import load_preset  # noqa: E402
+from mnistgan.data import load_mnist  # noqa: E402
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss.adversarial": "minimax"},
+    {"loss.adversarial": "non-saturating", "loss.label_smoothing": 0.1},
+    {"loss.adversarial": "least-squares"},
+    {"loss.adversarial": "hinge", "model.spectral_norm": True},
+    {"loss.adversarial": "wasserstein-gp", "loss.gp_lambda": 10.0, "train.d_steps": 2},
+    {"loss.r1_gamma": 1.0},
+    {"train.ema_decay": 0.99, "optim.generator_lr": 1e-3, "optim.discriminator_lr": 4e-4},
+    {"model.conditional": True},
+])
+@pytest.mark.parametrize("preset, tiny", [("keras-dcgan", TINY_DCGAN), ("mlp-gan", TINY_MLP)])
+def test_each_training_option_trains_without_nan(tmp_path, preset, tiny, overrides):
+    run = mnistgan.train(preset, overrides={**tiny, "train.subset": 96, **overrides}, out=tmp_path / "run")
+    columns = run.losses
+    assert all(np.isfinite(columns[name]).all() for name in ("d_loss", "g_loss", "d_real", "d_fake"))
+    assert run.sample(4).isfinite().all()
+
+
+@pytest.mark.parametrize("kind", ["minimax", "non-saturating", "least-squares", "hinge", "wasserstein-gp"])
+def test_the_reported_losses_are_the_configured_losses(kind):
+    """Record D's outputs during one step and recompute both losses from them by the loss functions."""
+    config = load_preset("mlp-gan").replace({**TINY_MLP, "loss.adversarial": kind, "loss.gp_lambda": 0.0,
+                                             "loss.label_smoothing": 0.0 if kind in ("hinge", "wasserstein-gp") else 0.2})
+    split = load_mnist("train")
+    parts = train_module.build_training(config, torch.device("cpu"), split.images[:64], split.labels[:64], 32, 2, "fp32")
+    parts.step.order.copy_(torch.arange(64))
+    outputs = []
+    parts.discriminator.register_forward_hook(lambda module, inputs, output: outputs.append(output.detach().clone()))
+    parts.runner.run(1)
+    joint, g_scores = outputs  # the D update's pass over [real; fake], then the G update's pass over fake
+    real_scores, fake_scores = joint[:32], joint[32:]
+    d_loss, g_loss = parts.step.stats[0, :2].tolist()
+    assert d_loss == pytest.approx(loss_functions.discriminator_loss(kind, real_scores, fake_scores, config.loss.label_smoothing).item(), rel=1e-5)
+    assert g_loss == pytest.approx(loss_functions.generator_loss(kind, g_scores).item(), rel=1e-5)
+
+
+def test_ema_weights_differ_from_raw_and_are_what_sample_uses(tmp_path):
+    run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.ema_decay": 0.9}, out=tmp_path / "ema")
+    state = load_checkpoint(run.dir / "checkpoints" / "last.pt")
+    assert any(not torch.equal(state["ema"][k], state["generator"][k]) for k in state["generator"])
+    shared = load_file(run.dir / "generator.safetensors")
+    assert all(torch.equal(shared[k], state["ema"][k].cpu()) for k in shared)
+    assert all(torch.equal(mnistgan.load(run.dir).generator.state_dict()[k], state["ema"][k]) for k in state["ema"])
+
+
+def test_conditional_sampling_returns_the_requested_digits_in_order(tmp_path):
+    run = mnistgan.train("keras-dcgan", overrides={**TINY_DCGAN, "train.subset": 96}, conditional=True, out=tmp_path / "cond")
+    grid = load_file(run.dir / "generator.safetensors")
+    assert "label_input.embedding.weight" in grid
+    sevens = run.sample(6, seed=1, digit=7)
+    assert sevens.shape == (6, 1, 28, 28)
+    per_digit = run.sample_digits(3, seed=1)
+    assert per_digit.shape == (30, 1, 28, 28)
+    # Row 7 of the digit grid is what asking for sevens with the same noise gives.
+    z_generator = torch.Generator().manual_seed(1)
+    z = mnistgan.models.sample_latent(run.config.model, 3, "cpu", z_generator)
+    expected = run.generator(z, torch.full((3,), 7))
+    torch.testing.assert_close(per_digit[21:24], expected.detach())
+    from PIL import Image
+    assert run.grid(4, digit="all").size == (2 * (4 * 30 + 2), 2 * (10 * 30 + 2))
+    assert Image.open(run.dir / "samples" / "image_at_epoch_0001.png").size == (4 * (8 * 30 + 2), 4 * (10 * 30 + 2))
+
+
+def test_auto_and_bare_cuda_resolve_to_an_indexed_device(monkeypatch):
+    """CUDA RNG state calls need an index: 'auto' and 'cuda' must become cuda:N."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("auto", "cuda", "cuda:0"):
+        assert train_module.resolve_device(name) == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="does not exist"):
+        train_module.resolve_device("cuda:3")
+
+
+def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
+    run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.eval_every": 1, "train.eval_samples": 100},
+                         out=tmp_path / "eval")
+    with open(run.dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert all(float(row["fd"]) > 0 and 0 <= float(row["precision"]) <= 1 for row in rows)
+    assert (run.dir / "metric_curves.png").is_file()
+    best = load_checkpoint(run.dir / "checkpoints" / "best.pt")
+    assert best["best_fd"] == pytest.approx(min(float(row["fd"]) for row in rows), rel=1e-4)

@@ -1,0 +1,307 @@
+"""Quality metrics for generated digits, all computed from one shipped evaluator network.
+
+    from mnistgan.metrics import evaluate_images, evaluate_real
+    scores = evaluate_images(images)   # images: float (N, 1, 28, 28) in [-1, 1], ideally N = 10,000
+    floor = evaluate_real()            # the same numbers for 10,000 real training images
+
+Every metric compares the samples with a real reference set, by default the 10,000 MNIST test
+images. ``METRIC_KEYS`` says what each returned number means and which direction is better.
+``evaluate_real()`` gives the best a generator can hope for: real training digits scored against
+the test digits. FD, precision/recall and density/coverage depend on N (FD is biased upwards for
+small N; KID is not), so compare numbers only at equal N (10,000 is the convention here).
+
+Reading the numbers:
+  * FD is the single summary; KID says the same with an error bar (kid_std) and no bias in N.
+  * precision and density measure realism only: a generator drawing nothing but perfect 7s keeps
+    them as high as real data. Lost variety shows in recall, coverage, digits_covered, class_kl.
+  * mean_confidence and confident_fraction mean something only for digit-like images: like any
+    classifier, the evaluator is confidently wrong on images unlike all digits (uniform noise
+    gets mean confidence 1.0). Read them next to FD and precision, never alone.
+
+The evaluator's features and probabilities for the reference images are computed once and kept in
+the per-user cache (``reference/`` beside the MNIST cache), under a name that carries the weights'
+SHA-256, so new weights never reuse old statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..data import IMAGE_SIZE, NUM_CLASSES, cache_dir, load_mnist, to_unit_range
+from ..errors import UserError
+from . import distances
+from .evaluator import FEATURE_DIM, WEIGHTS_SHA256, features_and_probabilities, load_evaluator
+
+REFERENCE_SIZE = 10_000  # images in a reference set: all of MNIST test, or the first 10,000 of train
+REFERENCES = ("test", "train")  # the MNIST split a reference set is taken from
+MIN_IMAGES = 10  # fewer samples than this cannot fill the k-NN and covariance estimates
+RANGE_TOLERANCE = 1e-3  # images may overshoot [-1, 1] by this much (rounding)
+
+
+@dataclass(frozen=True)
+class Activations:
+    """What the evaluator sees in a set of images: features (N, 128) and probabilities (N, 10)."""
+
+    features: torch.Tensor
+    probabilities: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Reference(Activations):
+    """A real image set, with what the metrics need of it computed once: its k-NN radii per k."""
+
+    radii: dict[int, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: each metric reads the samples' and the reference's activations and returns one
+# or more named numbers. evaluate_images() runs them all unless told which.
+
+Metric = Callable[[Activations, Reference], dict]
+
+
+def _fd(fake: Activations, real: Reference) -> dict:
+    return {"fd": distances.frechet_distance_of_features(real.features, fake.features)}
+
+
+def _kid(fake: Activations, real: Reference) -> dict:
+    mean, std = distances.kernel_inception_distance(real.features, fake.features)
+    return {"kid": mean, "kid_std": std}
+
+
+def _classifier_score(fake: Activations, real: Reference) -> dict:
+    return {"classifier_score": distances.classifier_score(fake.probabilities)}
+
+
+def _precision_recall(fake: Activations, real: Reference) -> dict:
+    k = distances.PRECISION_RECALL_K
+    precision, recall = distances.precision_recall(real.features, fake.features, k, real_radii=real.radii[k])
+    return {"precision": precision, "recall": recall}
+
+
+def _density_coverage(fake: Activations, real: Reference) -> dict:
+    k = distances.DENSITY_COVERAGE_K
+    density, coverage = distances.density_coverage(real.features, fake.features, k, real_radii=real.radii[k])
+    return {"density": density, "coverage": coverage}
+
+
+def _classes(fake: Activations, real: Reference) -> dict:
+    histogram = distances.class_histogram(fake.probabilities)
+    return {
+        "digits_covered": distances.digits_covered(histogram),
+        "class_kl": distances.class_kl(histogram, distances.class_histogram(real.probabilities)),
+        "class_histogram": [round(share, 6) for share in histogram.tolist()],
+        "mean_confidence": distances.mean_confidence(fake.probabilities),
+        "confident_fraction": distances.confident_fraction(fake.probabilities),
+    }
+
+
+METRICS: dict[str, Metric] = {
+    "fd": _fd,
+    "kid": _kid,
+    "classifier_score": _classifier_score,
+    "precision_recall": _precision_recall,
+    "density_coverage": _density_coverage,
+    "classes": _classes,
+}
+
+# Every number evaluate_images() returns: which direction is better, and what it measures.
+METRIC_KEYS: dict[str, tuple[str, str]] = {
+    "fd": ("lower", "Fréchet distance between Gaussians fitted to evaluator features (FID with the MNIST evaluator)"),
+    "kid": ("lower", "kernel distance: unbiased MMD^2, cubic polynomial kernel, mean over 100 subsets of <= 1,000"),
+    "kid_std": ("-", "standard deviation of the KID over the subsets"),
+    "classifier_score": ("higher", "exp(E KL(p(y|x) || p(y))), 1..10 (Inception Score with the MNIST evaluator)"),
+    "precision": ("higher", "share of samples inside the real data's k=3 nearest-neighbour manifold: realism"),
+    "recall": ("higher", "share of real images inside the samples' k=3 manifold: variety"),
+    "density": ("higher", "real k=5 balls per sample, divided by 5; about 1 for real data, can exceed 1"),
+    "coverage": ("higher", "share of real images whose k=5 ball holds at least one sample"),
+    "digits_covered": ("higher", f"digits drawn at least {distances.COVERED_SHARE:.0%} of the time, of 10"),
+    "class_kl": ("lower", "KL(samples' digit mix || real digit mix), nats; 2.3 for a single digit"),
+    "class_histogram": ("-", "share of samples classified as each digit 0..9"),
+    "mean_confidence": ("higher", "mean top-class probability the evaluator gives a sample"),
+    "confident_fraction": ("higher", f"share of samples with top-class probability >= {distances.CONFIDENT_PROBABILITY}"),
+    "n": ("-", "number of samples evaluated"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+
+
+def evaluate_images(
+    images: torch.Tensor,
+    reference: str = "test",
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
+    metrics: list[str] | None = None,
+) -> dict:
+    """Score samples (float (N, 1, 28, 28) in [-1, 1]) against a real reference set.
+
+    ``reference``: ``"test"`` (the 10,000 MNIST test images) or ``"train"`` (the first 10,000
+    training images). ``metrics``: names from ``METRICS`` to run (default: all). Returns a dict
+    of the keys in ``METRIC_KEYS`` (those of the metrics run) and ``n``.
+    """
+    check_images(images)
+    names = _check_metric_names(metrics)
+    if reference not in REFERENCES:
+        raise UserError(f"unknown reference {reference!r}; use one of {', '.join(REFERENCES)}")
+    fake = activations_of(images, batch_size, device)
+    real = reference_activations(reference, REFERENCE_SIZE, batch_size, device, data_dir)
+    return score(fake, real, names)
+
+
+def evaluate_real(
+    n: int = 10_000,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
+) -> dict:
+    """The real-data floor: the first ``n`` MNIST training images scored like samples, against the test set."""
+    if not MIN_IMAGES <= n <= 60_000:
+        raise UserError(f"n must be between {MIN_IMAGES} and 60000 (training images), got {n}")
+    fake = reference_activations("train", n, batch_size, device, data_dir)
+    real = reference_activations("test", REFERENCE_SIZE, batch_size, device, data_dir)
+    return score(fake, real, list(METRICS))
+
+
+@torch.inference_mode()
+def conditional_accuracy(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> float:
+    """Share of samples the evaluator classifies as the digit they were generated for.
+
+    ``images``: float (N, 1, 28, 28) in [-1, 1]; ``labels``: integer (N,), the requested digits.
+    """
+    check_images(images, min_images=1)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (len(images),):
+        raise UserError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {tuple(labels.shape)}")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise UserError(f"labels must be digits 0..9, found {int(labels.min())}..{int(labels.max())}")
+    _, probabilities = features_and_probabilities(load_evaluator(device), images, batch_size, device)
+    return (probabilities.argmax(dim=1) == labels.cpu()).double().mean().item()
+
+
+def activations_of(images: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu") -> Activations:
+    """What the shipped evaluator sees in float (N, 1, 28, 28) images in [-1, 1]."""
+    return Activations(*features_and_probabilities(load_evaluator(device), images, batch_size, device))
+
+
+def as_reference(activations: Activations) -> Reference:
+    """Make any real image set's activations usable as a reference (adds its k-NN radii)."""
+    ks = (distances.PRECISION_RECALL_K, distances.DENSITY_COVERAGE_K)
+    return Reference(activations.features, activations.probabilities, {k: distances.knn_radii(activations.features, k) for k in ks})
+
+
+def score(fake: Activations, real: Reference, names: list[str] | None = None) -> dict:
+    """Run the named metrics (default: all) on already computed activations."""
+    result = {}
+    for name in names or list(METRICS):
+        result.update(METRICS[name](fake, real))
+    result["n"] = len(fake.features)
+    return result
+
+
+def check_images(images: torch.Tensor, min_images: int = MIN_IMAGES) -> None:
+    """Raise a UserError unless ``images`` is a float (N, 1, 28, 28) tensor in [-1, 1] with N >= min_images."""
+    expected = (1, IMAGE_SIZE, IMAGE_SIZE)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise UserError(f"images must be a tensor of shape (N, 1, 28, 28), got {shape}")
+    if not images.dtype.is_floating_point:
+        raise UserError(f"images must be float in [-1, 1], got dtype {images.dtype}; convert with mnistgan.data.to_unit_range")
+    if len(images) < min_images:
+        raise UserError(f"got {len(images)} images; the metrics need at least {min_images} (10,000 is the convention)")
+    if not torch.isfinite(images).all():
+        raise UserError("images contain NaN or infinity; the generator's output is broken (diverged training?)")
+    low, high = images.min().item(), images.max().item()
+    if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise UserError(f"images span {low:.3g}..{high:.3g}; they must lie in [-1, 1] (tanh output range)")
+
+
+def _check_metric_names(metrics: list[str] | None) -> list[str]:
+    if metrics is None:
+        return list(METRICS)
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown or not metrics:
+        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+    return list(metrics)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference statistics, cached on disk
+
+
+def reference_dir() -> Path:
+    """Where reference statistics are cached: beside the MNIST cache."""
+    return cache_dir().parent / "reference"
+
+
+def reference_path(split: str, n: int) -> Path:
+    return reference_dir() / f"{split}-first{n}-evaluator-{WEIGHTS_SHA256[:16]}.safetensors"
+
+
+_in_memory: dict[tuple[str, int], Reference] = {}  # each reference loaded once per process
+
+
+def reference_activations(
+    split: str,
+    n: int = REFERENCE_SIZE,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
+) -> Reference:
+    """Features, probabilities and k-NN radii of the first ``n`` images of an MNIST split.
+
+    Read from the cache if there, else computed and written to it (atomically: a crash leaves no
+    half-written file). The cache is a pure speed-up: it is rebuilt whenever it is missing,
+    unreadable or incomplete, and a cache folder that cannot be written only costs a warning.
+    The MNIST files are checksummed on loading, so the statistics depend on the weights alone.
+    """
+    key = (split, n)
+    if key in _in_memory:
+        return _in_memory[key]
+    path = reference_path(split, n)
+    stored = _read_reference(path, n, (distances.PRECISION_RECALL_K, distances.DENSITY_COVERAGE_K))
+    if stored is None:
+        images = to_unit_range(load_mnist(split, data_dir).images[:n])
+        stored = as_reference(activations_of(images, batch_size, device))
+        _write_reference(path, stored)
+    _in_memory[key] = stored
+    return stored
+
+
+def _read_reference(path: Path, n: int, ks: tuple[int, ...]) -> Reference | None:
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))  # safetensors: plain arrays, nothing is unpickled
+    except (SafetensorError, OSError):
+        return None
+    expected = {"features": (n, FEATURE_DIM), "probabilities": (n, NUM_CLASSES), **{f"radii_k{k}": (n,) for k in ks}}
+    if any(name not in tensors or tuple(tensors[name].shape) != shape for name, shape in expected.items()):
+        return None
+    return Reference(tensors["features"], tensors["probabilities"], {k: tensors[f"radii_k{k}"] for k in ks})
+
+
+def _write_reference(path: Path, reference: Reference) -> None:
+    tensors = {"features": reference.features.contiguous(), "probabilities": reference.probabilities.contiguous()}
+    tensors.update({f"radii_k{k}": radii.contiguous() for k, radii in reference.radii.items()})
+    temp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(temp_path))
+        os.replace(temp_path, path)  # readers see the old file or the whole new one, never half of it
+    except (OSError, SafetensorError) as error:
+        warnings.warn(f"could not cache reference statistics in {path.parent} ({error}); they will be recomputed next time")
+        with contextlib.suppress(OSError):
+            temp_path.unlink(missing_ok=True)
