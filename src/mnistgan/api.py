@@ -65,7 +65,7 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
     if resume is not None:
         changed = [name for name, value in dict(preset=preset, batch_size=batch_size, lr=lr, seed=seed, subset=subset,
                                                  conditional=conditional, eval_every=eval_every, overrides=overrides, out=out).items()
-                   if value]
+                   if value not in (None, [], {})]
         if changed:
             raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
         paths = require_run_dir(Path(resume))

@@ -394,6 +394,8 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     precision = resolve_precision(config, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if not resume and main_process:
+        prepare_output_dir(paths.root)  # fail before the data is loaded, not after
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
     split = load_mnist("train", data_dir)
@@ -438,7 +440,6 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
             _truncate_csv(paths.losses, completed_epochs)
             _truncate_csv(paths.metrics_csv, completed_epochs)
     elif main_process:
-        prepare_output_dir(paths.root)
         paths.samples.mkdir(exist_ok=True)
         paths.config.write_text(config.to_toml())
 
