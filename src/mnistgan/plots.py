@@ -98,9 +98,7 @@ def plot_losses(losses: dict[str, np.ndarray], path: Path, title: str = "") -> N
     score_axis.grid(alpha=0.3)
     if title:
         loss_axis.set_title(title)
-    figure.tight_layout()
-    save_atomically(lambda tmp: figure.savefig(tmp, format="png", dpi=110), path)
-    plt.close(figure)
+    _save_figure(plt, figure, path)
 
 
 def _per_epoch(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +126,10 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") ->
     pr_axis.grid(alpha=0.3)
     if title:
         fd_axis.set_title(title)
+    _save_figure(plt, figure, path)
+
+
+def _save_figure(plt, figure, path: Path) -> None:
     figure.tight_layout()
     save_atomically(lambda tmp: figure.savefig(tmp, format="png", dpi=110), path)
     plt.close(figure)
