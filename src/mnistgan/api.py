@@ -23,7 +23,7 @@ from .config import DEFAULT_PRESET, Config, config_from_dict, load_preset, load_
 from .errors import UserError
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
-from .rundir import RunPaths, new_run_dir, require_run_dir
+from .rundir import new_run_dir, require_run_dir
 from .training import CONDITIONAL_GRID_COLUMNS, generate
 from .training import train as run_training
 
