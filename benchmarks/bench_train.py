@@ -28,7 +28,7 @@ from naive import NaiveLoop  # noqa: E402
 
 from mnistgan.config import load_preset, parse_overrides, preset_names  # noqa: E402
 from mnistgan.data import load_mnist  # noqa: E402
-from mnistgan.training import build_training, epoch_order, resolve_device, resolve_precision  # noqa: E402
+from mnistgan.training import build_training, configure_backends, epoch_order, resolve_device, resolve_precision  # noqa: E402
 
 TRAINING_IMAGES = 60_000
 # Variants: a name and the config overrides that make it. "naive" is the reference loop.
@@ -71,7 +71,9 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
         run = lambda count: [loop.step() for _ in range(count)]  # noqa: E731
     else:
         images, labels = split.images.to(device), split.labels.to(device)
-        parts = build_training(config, device, images, labels, batch, steps_per_epoch, resolve_precision(config, device))
+        precision = resolve_precision(config, device)
+        configure_backends(device, precision)  # as training does
+        parts = build_training(config, device, images, labels, batch, steps_per_epoch, precision)
         parts.step.order.copy_(epoch_order(0, 1, TRAINING_IMAGES)[: parts.step.order.numel()])
 
         position = 0  # step within the epoch, tracked on the host as training does

@@ -51,14 +51,17 @@ def run_fast(config, device, images, labels, order, noise_bank, steps, precision
     return parts.step.stats[:steps].cpu()
 
 
+def same_inputs(config, count, steps):
+    """The first ``count`` training images, their epoch order and ``steps`` batches of noise."""
+    split = load_mnist("train")
+    noise_bank = torch.randn(steps, config.train.batch_size, config.model.latent_dim, generator=torch.Generator().manual_seed(0))
+    return split.images[:count], split.labels[:count], epoch_order(0, 1, count), noise_bank
+
+
 @pytest.mark.parametrize("preset", sorted(CASES))
 def test_fast_step_matches_the_naive_loop_on_cpu(preset):
     config = load_preset(preset).replace({**CASES[preset], "performance.device": "cpu"})
-    split = load_mnist("train")
-    images, labels = split.images[:512], split.labels[:512]
-    order = epoch_order(0, 1, 512)
-    generator = torch.Generator().manual_seed(0)
-    noise_bank = torch.randn(STEPS, config.train.batch_size, config.model.latent_dim, generator=generator)
+    images, labels, order, noise_bank = same_inputs(config, 512, STEPS)
 
     fast = run_fast(config, torch.device("cpu"), images, labels, order, noise_bank, STEPS)
     bank = iter(noise_bank)
@@ -75,13 +78,10 @@ def test_fast_step_matches_the_naive_loop_on_cpu(preset):
 @pytest.mark.parametrize("preset", sorted(CASES))
 def test_cuda_graphs_and_bf16_compute_the_plain_losses(preset):
     config = load_preset(preset).replace({**CASES[preset], "performance.device": "cuda"})
-    split = load_mnist("train")
-    images, labels = split.images[:2048], split.labels[:2048]
-    order = epoch_order(0, 1, 2048)
     steps = 3 + 2 * config.performance.steps_per_graph + 2  # warm-up, two multi-step graphs, two 1-step graphs
-    noise_bank = torch.randn(steps, config.train.batch_size, config.model.latent_dim, generator=torch.Generator().manual_seed(0))
+    images, labels, order, noise_bank = same_inputs(config, 2048, steps)
     device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 on both sides (training itself would use TF32)
     torch.backends.cudnn.allow_tf32 = False
     eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, images, labels, order, noise_bank, steps)
     graphed = run_fast(config, device, images, labels, order, noise_bank, steps)

@@ -264,7 +264,6 @@ class TrainingParts:
     d_optimizer: torch.optim.Optimizer
     step: TrainingStep
     runner: StepRunner
-    use_graphs: bool
 
 
 def resolve_precision(config: Config, device: torch.device) -> str:
@@ -273,14 +272,18 @@ def resolve_precision(config: Config, device: torch.device) -> str:
     return precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
 
+def configure_backends(device: torch.device, precision: str) -> None:
+    """Process-wide CUDA settings for training: autotuned convolutions, TF32 when precision is fp32."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # conv algorithms chosen during the eager warm-up
+        torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"  # fp32 keeps 10-bit-mantissa matmuls: TF32
+        torch.backends.cudnn.allow_tf32 = precision == "fp32"
+
+
 def build_training(config: Config, device: torch.device, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                    steps_per_epoch: int, precision: str, distributed: Distributed = Distributed()) -> TrainingParts:
     """Networks (seeded by ``train.seed``), optimizers and the step machinery, ready to train on ``device``."""
     perf = config.performance
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # autotuned conv algorithms (chosen during the eager warm-up)
-        torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"  # fp32 keeps 10-bit-mantissa matmuls: TF32
-        torch.backends.cudnn.allow_tf32 = precision == "fp32"
     torch.manual_seed(config.train.seed)
     generator = build_generator(config.model).to(device)
     discriminator = build_discriminator(config.model).to(device)
@@ -309,7 +312,7 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
     step = TrainingStep(config, generator, discriminator, ema, g_optimizer, d_optimizer, images, labels,
                         batch_size, steps_per_epoch, device, precision, forward)
     return TrainingParts(generator, discriminator, ema, g_optimizer, d_optimizer, step,
-                         StepRunner(step, use_graphs, perf.steps_per_graph), use_graphs)
+                         StepRunner(step, use_graphs, perf.steps_per_graph))
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
@@ -392,6 +395,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     if perf.threads:
         torch.set_num_threads(perf.threads)
     precision = resolve_precision(config, device)
+    configure_backends(device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not resume and main_process:
@@ -416,7 +420,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     # -- networks, optimizers, the step ------------------------------------------------------------
     parts = build_training(config, device, images, labels, batch_size, steps_per_epoch, precision, distributed)
     generator, discriminator, ema = parts.generator, parts.discriminator, parts.ema
-    g_optimizer, d_optimizer, step, runner, use_graphs = parts.g_optimizer, parts.d_optimizer, parts.step, parts.runner, parts.use_graphs
+    g_optimizer, d_optimizer, step, runner = parts.g_optimizer, parts.d_optimizer, parts.step, parts.runner
     fixed_noise, fixed_labels = fixed_inputs(config, device)
 
     # -- start or resume ---------------------------------------------------------------------------
@@ -489,7 +493,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
 
     images_per_step = train_config.batch_size * train_config.d_steps
     say(f"training {config.preset or 'a custom config'} on {device} ({precision}"
-        f"{', CUDA graphs' if use_graphs else ''}{f', {distributed.world_size} processes' if distributed.enabled else ''})"
+        f"{', CUDA graphs' if runner.use_graphs else ''}{f', {distributed.world_size} processes' if distributed.enabled else ''})"
         f": {count} images, {steps_per_epoch} steps of {train_config.batch_size} per epoch -> {paths.root}")
     try:
         for epoch in range(completed_epochs + 1, train_config.epochs + 1):
@@ -527,25 +531,28 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
 
             # -- log, sample, evaluate, checkpoint ---------------------------------------------------
             if main_process:
-                prepare_sampler()
                 _append_losses(paths.losses, epoch_stats, epoch, steps_per_epoch, train_config.log_every)
                 means = epoch_stats.mean(0).tolist()
                 images_per_second = (steps_per_epoch - first_step) * images_per_step / seconds
                 say(f"epoch {epoch:>4}/{train_config.epochs}  d_loss {means[0]:.4f}  g_loss {means[1]:.4f}  "
                     f"D(x) {means[2]:.3f}  D(G(z)) {means[3]:.3f}  {images_per_second:,.0f} img/s  {seconds:.1f} s")
                 last_epoch = epoch == train_config.epochs
-                if epoch % train_config.sample_every == 0 or last_epoch:
+                sampling = epoch % train_config.sample_every == 0 or last_epoch
+                evaluating = train_config.eval_every and (epoch % train_config.eval_every == 0 or last_epoch)
+                if sampling or evaluating:
+                    prepare_sampler()
+                if sampling:
                     grid = generate(sampler, fixed_noise, fixed_labels)
                     columns = CONDITIONAL_GRID_COLUMNS if config.model.conditional else 4
                     save_image(image_grid(grid, columns=columns, scale=4), paths.sample_image(epoch))
-                if train_config.eval_every and (epoch % train_config.eval_every == 0 or last_epoch):
+                if evaluating:
                     fd = _evaluate_during_training(config, sampler, paths, epoch, device)
                     if fd < best_fd:
                         best_fd = fd
                         save_checkpoint(checkpoint_state(), paths.best_checkpoint)
                 if epoch % train_config.checkpoint_every == 0 or last_epoch:
                     save_checkpoint(checkpoint_state(), paths.last_checkpoint)
-                if epoch % train_config.sample_every == 0 or last_epoch:
+                if sampling:
                     write_outputs(final=last_epoch)
             if epoch < train_config.epochs and stop_requested(None):
                 raise _Stop()
