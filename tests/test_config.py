@@ -24,7 +24,8 @@ def test_preset_values_are_their_references():
     assert (mlp.train.epochs, mlp.train.batch_size, mlp.model.generator_widths) == (550, 64, [256, 512, 1024])
     assert load_preset("vanilla-gan").optim.optimizer == "sgd"
     dropout = load_preset("mlp-gan-dropout")
-    assert (dropout.model.latent_distribution, dropout.optim.generator_lr) == ("uniform", 0.002)
+    assert (dropout.model.latent_distribution, dropout.model.generator_dropout, dropout.model.discriminator_dropout) == ("uniform", 0.3, 0.3)
+    assert (dropout.optim.generator_lr, dropout.loss.label_smoothing) == (2e-4, 0.1)  # changed from 0.002: preset comment
 
 
 def test_overrides_are_typed():
