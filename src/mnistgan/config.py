@@ -98,7 +98,7 @@ class TrainConfig:
 @dataclass
 class PerformanceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast for conv nets on CUDA, else fp32
     cuda_graphs: bool = True  # capture whole training steps as CUDA graphs (CUDA only)
     steps_per_graph: int = field(default=8, metadata=_range(1, 1024))  # training steps per graph replay
     channels_last: bool = True  # NHWC memory format for conv models on CUDA
