@@ -216,3 +216,12 @@ def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
     assert (run.dir / "metric_curves.png").is_file()
     best = load_checkpoint(run.dir / "checkpoints" / "best.pt")
     assert best["best_fd"] == pytest.approx(min(float(row["fd"]) for row in rows), rel=1e-4)
+    assert "conditional_accuracy" not in rows[0]  # unconditional: nothing to ask for
+
+
+def test_evaluation_during_a_conditional_run_records_its_accuracy(tmp_path):
+    run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "model.conditional": True, "train.epochs": 1, "train.eval_every": 1,
+                                               "train.eval_samples": 100}, out=tmp_path / "conditional")
+    with open(run.dir / "metrics.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert 0 <= float(row["conditional_accuracy"]) <= 1

@@ -109,7 +109,8 @@ def _per_epoch(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> tup
 
 
 def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") -> None:
-    """Quality over training: FD (log scale) and precision/recall/density/coverage per evaluated epoch."""
+    """Quality over training: FD (log scale) and precision/recall/density/coverage (and conditional
+    accuracy, when there) per evaluated epoch."""
     plt = _figure()
     figure, (fd_axis, pr_axis) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     epochs = metrics["epoch"]
@@ -117,7 +118,7 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") ->
     fd_axis.set_yscale("log")
     fd_axis.set_ylabel("Fréchet distance (lower is better)")
     fd_axis.grid(alpha=0.3, which="both")
-    for name in ("precision", "recall", "density", "coverage"):
+    for name in ("precision", "recall", "density", "coverage", "conditional_accuracy"):
         if name in metrics:
             pr_axis.plot(epochs, metrics[name], marker=".", label=name)
     pr_axis.set_xlabel("epoch")
