@@ -25,6 +25,32 @@ EXPECTED_PARAMETERS = {
 }
 
 
+# The class-conditional presets: a 10 x 50 label embedding concatenated to z (both), and to the
+# flattened image (MLP D) or a 10 x 6272 projection embedding (conv D).
+EXPECTED_CONDITIONAL_PARAMETERS = {
+    "recommended": (
+        10 * 50 + 150 * 256 + 256 + 256 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 784 + 784,
+        10 * 50 + 834 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 256 + 1,
+    ),
+    "compact-dcgan": (
+        10 * 50 + 150 * 6272 + 2 * 6272 + 128 * 64 * 16 + 2 * 64 + 64 * 16 + 1,
+        16 * 64 + 64 + 64 * 128 * 16 + 128 + 6272 + 1 + 10 * 6272,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CONDITIONAL_PARAMETERS))
+def test_conditional_preset_shapes_and_parameter_counts(name):
+    config = load_preset(name).model
+    assert config.conditional
+    generator, discriminator = build_generator(config), build_discriminator(config)
+    assert (count_parameters(generator), count_parameters(discriminator)) == EXPECTED_CONDITIONAL_PARAMETERS[name]
+    labels = torch.tensor([0, 3, 7, 9, 3])
+    images = generator.eval()(sample_latent(config, 5, "cpu"), labels)
+    assert images.shape == (5, 1, 28, 28) and images.abs().max() <= 1
+    assert discriminator(images, labels).shape == (5,)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
 def test_shapes_and_parameter_counts(name):
     config = load_preset(name).model
