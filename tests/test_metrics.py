@@ -240,6 +240,10 @@ def test_conditional_accuracy():
         metrics.conditional_accuracy(images, labels + 10)
     with pytest.raises(UserError, match="shape"):
         metrics.conditional_accuracy(images, labels[:10])
+    scored = metrics.evaluate_images(images, metrics=["fd"], labels=labels)  # one evaluator pass for both
+    assert scored["conditional_accuracy"] == metrics.conditional_accuracy(images, labels)
+    with pytest.raises(UserError, match="shape"):
+        metrics.evaluate_images(images, metrics=["fd"], labels=labels[:10])
 
 
 def test_an_unwritable_cache_only_costs_a_warning(small_reference):

@@ -617,17 +617,16 @@ def _truncate_csv(path: Path, completed_epochs: int) -> None:
 
 def _evaluate_during_training(config: Config, sampler: nn.Module, paths: RunPaths, epoch: int, device: torch.device) -> float:
     """Score ``train.eval_samples`` samples (own RNG, so training's RNG stream is untouched); append to metrics.csv."""
-    from .metrics import conditional_accuracy, evaluate_images
+    from .metrics import evaluate_images
 
     generator = torch.Generator().manual_seed(config.train.seed + 1)
     count = config.train.eval_samples
     z = sample_latent(config.model, count, "cpu", generator).to(device)
     labels = torch.randint(0, 10, (count,), generator=generator).to(device) if config.model.conditional else None
     samples = generate(sampler, z, labels)
-    result = evaluate_images(samples, device=device)
+    result = evaluate_images(samples, device=device, labels=None if labels is None else labels.cpu())
     columns = ("epoch", "fd", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score")
     if labels is not None:  # does asking for a 7 give a 7, as training goes
-        result["conditional_accuracy"] = conditional_accuracy(samples, labels.cpu(), device=device)
         columns += ("conditional_accuracy",)
     row = {"epoch": epoch, **{key: result[key] for key in columns[1:]}}
     new_file = not paths.metrics_csv.exists()

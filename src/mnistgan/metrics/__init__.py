@@ -144,20 +144,28 @@ def evaluate_images(
     device: str | torch.device = "cpu",
     data_dir: str | os.PathLike | None = None,
     metrics: list[str] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict:
     """Score samples (float (N, 1, 28, 28) in [-1, 1]) against a real reference set.
 
     ``reference``: ``"test"`` (the 10,000 MNIST test images) or ``"train"`` (the first 10,000
     training images). ``metrics``: names from ``METRICS`` to run (default: all). Returns a dict
-    of the keys in ``METRIC_KEYS`` (those of the metrics run) and ``n``.
+    of the keys in ``METRIC_KEYS`` (those of the metrics run) and ``n``; with ``labels`` (the
+    digits a conditional generator was asked for) also ``conditional_accuracy``, from the same
+    evaluator pass.
     """
     check_images(images)
     names = _check_metric_names(metrics)
     if reference not in REFERENCES:
         raise UserError(f"unknown reference {reference!r}; use one of {', '.join(REFERENCES)}")
+    if labels is not None:
+        _check_labels(labels, len(images))
     fake = activations_of(images, batch_size, device)
     real = reference_activations(reference, REFERENCE_SIZE, batch_size, device, data_dir)
-    return score(fake, real, names)
+    result = score(fake, real, names)
+    if labels is not None:
+        result["conditional_accuracy"] = _accuracy(fake.probabilities, labels)
+    return result
 
 
 def evaluate_real(
@@ -183,11 +191,19 @@ def conditional_accuracy(
     ``images``: float (N, 1, 28, 28) in [-1, 1]; ``labels``: integer (N,), the requested digits.
     """
     check_images(images, min_images=1)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (len(images),):
-        raise UserError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {tuple(labels.shape)}")
+    _check_labels(labels, len(images))
+    _, probabilities = features_and_probabilities(load_evaluator(device), images, batch_size, device)
+    return _accuracy(probabilities, labels)
+
+
+def _check_labels(labels: torch.Tensor, count: int) -> None:
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (count,):
+        raise UserError(f"labels must be integers of shape ({count},), got {labels.dtype} {tuple(labels.shape)}")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise UserError(f"labels must be digits 0..9, found {int(labels.min())}..{int(labels.max())}")
-    _, probabilities = features_and_probabilities(load_evaluator(device), images, batch_size, device)
+
+
+def _accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
     return (probabilities.argmax(dim=1) == labels.cpu()).double().mean().item()
 
 
