@@ -25,7 +25,6 @@ SHA-256, so new weights never reuse old statistics.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import IMAGE_SIZE, NUM_CLASSES, cache_dir, load_mnist, to_unit_range
 from ..errors import UserError
+from ..plots import save_atomically
 from . import distances
 from .evaluator import FEATURE_DIM, WEIGHTS_SHA256, features_and_probabilities, load_evaluator
 
@@ -312,12 +312,7 @@ def _read_reference(path: Path, n: int, ks: tuple[int, ...]) -> Reference | None
 def _write_reference(path: Path, reference: Reference) -> None:
     tensors = {"features": reference.features.contiguous(), "probabilities": reference.probabilities.contiguous()}
     tensors.update({f"radii_k{k}": radii.contiguous() for k, radii in reference.radii.items()})
-    temp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(temp_path))
-        os.replace(temp_path, path)  # readers see the old file or the whole new one, never half of it
+    try:  # readers see the old file or the whole new one, never half of it
+        save_atomically(lambda temp_path: save_file(tensors, temp_path), path)
     except (OSError, SafetensorError) as error:
         warnings.warn(f"could not cache reference statistics in {path.parent} ({error}); they will be recomputed next time")
-        with contextlib.suppress(OSError):
-            temp_path.unlink(missing_ok=True)

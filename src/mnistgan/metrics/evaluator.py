@@ -13,7 +13,6 @@ bits of the weights and so their SHA-256, not their accuracy).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -30,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import NUM_CLASSES, load_mnist, to_unit_range
 from ..errors import UserError
+from ..plots import save_atomically
 
 WEIGHTS_PATH = Path(__file__).with_name("evaluator.safetensors")
 # SHA-256 of the shipped weights file, written by `mnistgan train-evaluator` with the
@@ -274,14 +274,14 @@ def train_evaluator(
     # the same recipe on the same machine writes byte-identical files.
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     recipe = {"seed": seed, "epochs": epochs, "test_accuracy": round(test_accuracy, 4)}
-    temp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+
+    def write(temp_path: str) -> None:
+        save_file(state, temp_path, metadata={"mnistgan_evaluator": json.dumps(recipe, sort_keys=True)})
+        os.chmod(temp_path, 0o644)  # the temporary file is readable by its owner only
+
     try:
-        save_file(state, str(temp_path), metadata={"mnistgan_evaluator": json.dumps(recipe, sort_keys=True)})
-        os.chmod(temp_path, 0o644)  # safetensors creates files readable by their owner only
-        os.replace(temp_path, out_path)
+        save_atomically(write, out_path)
     except (OSError, SafetensorError) as error:
-        with contextlib.suppress(OSError):
-            temp_path.unlink(missing_ok=True)
         raise UserError(f"cannot write the evaluator weights to {out_path} ({error}); choose another output path") from None
     sha256 = sha256_of(out_path)
     return {
