@@ -108,26 +108,20 @@ def test_unreadable_files(tmp_path):
         load_samples(other)
 
 
-def test_bad_png_folders(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(UserError, match="no .png files"):
-        load_samples(empty)
+BAD_PNG_FOLDERS = {  # what a folder holds -> the error it must give
+    "empty": (lambda folder: None, "no .png files"),
+    "wrong_size": (lambda folder: Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "0.png"),
+                   "64x64 pixels; every sample must be 28x28"),
+    "broken": (lambda folder: (folder / "0.png").write_bytes(b"not a png"), "not a readable PNG"),
+    "sixteen_bit": (lambda folder: Image.fromarray(np.zeros((28, 28), np.uint16)).save(folder / "0.png"), "mode"),
+}
 
-    wrong_size = tmp_path / "wrong_size"
-    wrong_size.mkdir()
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(wrong_size / "0.png")
-    with pytest.raises(UserError, match="64x64 pixels; every sample must be 28x28"):
-        load_samples(wrong_size)
 
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "0.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match="not a readable PNG"):
-        load_samples(broken)
-
-    deep = tmp_path / "sixteen_bit"
-    deep.mkdir()
-    Image.fromarray(np.zeros((28, 28), np.uint16)).save(deep / "0.png")
-    with pytest.raises(UserError, match="mode"):
-        load_samples(deep)
+@pytest.mark.parametrize("name", sorted(BAD_PNG_FOLDERS))
+def test_bad_png_folders(tmp_path, name):
+    fill, message = BAD_PNG_FOLDERS[name]
+    folder = tmp_path / name
+    folder.mkdir()
+    fill(folder)
+    with pytest.raises(UserError, match=message):
+        load_samples(folder)
