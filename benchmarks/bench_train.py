@@ -35,6 +35,7 @@ TRAINING_IMAGES = 60_000
 VARIANTS = {"naive": None, "mnistgan": []}
 ABLATIONS = {  # what each speed-up is worth, measured by turning it off (CUDA) or on (CPU)
     "cuda": {"no-graphs": ["performance.cuda_graphs=false"], "fp32": ["performance.precision=\"fp32\""],
+             "bf16": ["performance.precision=\"bf16\""],  # the MLPs' default is fp32: this measures the other way
              "no-channels-last": ["performance.channels_last=false"], "1-step-graphs": ["performance.steps_per_graph=1"]},
     "cpu": {"compile": ["performance.compile=true"]},
 }
@@ -147,6 +148,9 @@ def main() -> None:
     if args.ablation or args.variants:
         variants.update(ABLATIONS[device_type])
     if args.variants:
+        unknown = [name for name in args.variants if name not in variants]
+        if unknown:
+            parser.error(f"no variant {', '.join(unknown)} on {device_type}; choose from {', '.join(variants)}")
         variants = {name: variants[name] for name in args.variants}
     results = []
     for preset in args.presets:
