@@ -1,6 +1,6 @@
 import pytest
 
-from mnistgan.config import Config, load_preset, parse_overrides, preset_names
+from mnistgan.config import Config, load_preset, load_toml, parse_overrides, preset_names
 from mnistgan.errors import UserError
 
 REFERENCE_PRESETS = ["keras-dcgan", "tf-dcgan-tutorial", "mlp-gan", "vanilla-gan", "mlp-gan-dropout"]
@@ -80,3 +80,17 @@ def test_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(config.to_toml())
     assert load_toml(path) == config
+
+
+def test_stored_configs_from_before_a_key_keep_their_behaviour(tmp_path):
+    """A run's config.toml holds every key; one written before model.feature_order existed ran "chw"."""
+    stored = load_preset("keras-dcgan").to_toml()
+    assert 'feature_order = "hwc"' in stored
+    old = tmp_path / "config.toml"
+    old.write_text(stored.replace('feature_order = "hwc"\n', ""))
+    assert load_toml(old, stored=True).model.feature_order == "chw"
+    assert load_toml(old).model.feature_order == "hwc"  # a user's partial file gets today's default
+    assert load_toml(old, stored=True).replace({"model.feature_order": "hwc"}) == load_preset("keras-dcgan")
+    new = tmp_path / "new.toml"
+    new.write_text(stored)
+    assert load_toml(new, stored=True).model.feature_order == "hwc"

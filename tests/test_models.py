@@ -120,3 +120,40 @@ def test_spectral_norm_bounds_the_largest_singular_value():
     discriminator.eval()
     first = discriminator.net[0]
     assert torch.linalg.matrix_norm(first.weight.detach(), ord=2) == pytest.approx(1.0, rel=0.05)
+
+
+def _chw_to_hwc(channels: int, size: int) -> torch.Tensor:
+    """For each feature in (h, w, c) order, its index in (c, h, w) order."""
+    return torch.arange(channels * size * size).view(channels, size, size).permute(1, 2, 0).flatten()
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_dcgan_feature_orders_are_one_function_up_to_a_weight_permutation(conditional):
+    """"hwc" (Keras' Reshape/Flatten order) and "chw" differ only in how features are numbered."""
+    base = load_preset("tf-dcgan-tutorial").replace({"model.generator_widths": [16, 8, 4], "model.discriminator_widths": [8, 16],
+                                                     "model.conditional": conditional})
+    chw, hwc = (base.replace({"model.feature_order": order}).model for order in ("chw", "hwc"))
+    torch.manual_seed(0)
+    generators = build_generator(chw), build_generator(hwc)
+    discriminators = build_discriminator(chw), build_discriminator(hwc)
+    g_state = generators[0].state_dict()
+    order = _chw_to_hwc(16, 7)
+    for name, tensor in g_state.items():  # the projection's rows and its BatchNorm's features
+        if name.startswith("project.") and tensor.ndim >= 1 and tensor.shape[0] == order.numel():
+            g_state[name] = tensor[order]
+    generators[1].load_state_dict(g_state)
+    d_state = discriminators[0].state_dict()
+    features = _chw_to_hwc(16, 7)
+    d_state["head.weight"] = d_state["head.weight"][:, features]
+    if conditional:
+        d_state["label_projection.weight"] = d_state["label_projection.weight"][:, features]
+    discriminators[1].load_state_dict(d_state)
+
+    z, labels = torch.randn(6, 100), torch.arange(6)
+    for generator in generators:
+        generator.train()  # batch statistics: the BatchNorm features must line up too
+    images = [g(z, labels) for g in generators]
+    torch.testing.assert_close(images[0], images[1])
+    scores = [d.eval()(images[0], labels) for d in discriminators]  # eval: no dropout masks to differ
+    torch.testing.assert_close(scores[0], scores[1])
+    assert not torch.allclose(build_generator(hwc).eval()(z, labels), generators[0].eval()(z, labels))  # the orders differ

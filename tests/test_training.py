@@ -225,3 +225,16 @@ def test_evaluation_during_a_conditional_run_records_its_accuracy(tmp_path):
     with open(run.dir / "metrics.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert 0 <= float(row["conditional_accuracy"]) <= 1
+
+
+def test_a_run_written_before_feature_order_existed_samples_and_resumes_as_it_trained(tmp_path):
+    """Its config.toml lacks model.feature_order: sampling and resuming must read it as "chw"."""
+    settings = {**TINY_DCGAN, "model.feature_order": "chw"}
+    run = mnistgan.train("tf-dcgan-tutorial", overrides=settings, out=tmp_path / "run")
+    expected = run.sample(8, seed=3)
+    config_file = run.dir / "config.toml"
+    config_file.write_text(config_file.read_text().replace('feature_order = "chw"\n', ""))
+    assert "feature_order" not in config_file.read_text()
+    torch.testing.assert_close(mnistgan.load(run.dir).sample(8, seed=3), expected)
+    resumed = mnistgan.train(resume=run.dir, epochs=2)
+    assert resumed.config.model.feature_order == "chw"

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint, load_weights, read_generator_file
-from .config import DEFAULT_PRESET, Config, config_from_dict, load_preset, load_toml, parse_overrides
+from .config import DEFAULT_PRESET, Config, load_preset, load_toml, parse_overrides, stored_config_from_dict
 from .errors import UserError
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
@@ -71,7 +71,7 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
         paths = require_run_dir(Path(resume))
         if not paths.last_checkpoint.is_file():
             raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing)")
-        config = load_toml(paths.config)
+        config = load_toml(paths.config, stored=True)
         changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
         config = config.replace(changes)
         paths.config.write_text(config.to_toml())
@@ -123,7 +123,7 @@ class Run:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint {self.checkpoint} does not exist")
-        self.config = load_toml(self.paths.config) if self.paths else None
+        self.config = load_toml(self.paths.config, stored=True) if self.paths else None
         self._generator = None
 
     def __repr__(self) -> str:
@@ -154,7 +154,7 @@ class Run:
             config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
         self._weights_source = source
         if self.config is None:
-            self.config = config_from_dict(config_dict)
+            self.config = stored_config_from_dict(config_dict)
         network = build_generator(self.config.model)
         load_weights(network, weights, source)  # a run's architecture with another run's file: clear error
         return network.eval()

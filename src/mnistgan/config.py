@@ -45,6 +45,9 @@ class ModelConfig:
     # mlp: hidden widths; dcgan: channels of each stride-2 conv
     discriminator_widths: list[int] = field(default_factory=lambda: [64, 128])
     kernel_size: int = field(default=5, metadata=_range(1, 9))  # dcgan: square kernel of every conv layer
+    # dcgan: order of G's projected and D's flattened features; "hwc" as Keras (runs written before
+    # this key existed used "chw", and their stored configs are read that way)
+    feature_order: Literal["hwc", "chw"] = "hwc"
     leaky_slope: float = field(default=0.2, metadata=_range(0.0, 1.0))  # negative slope of LeakyReLU
     generator_dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))  # dropout after G's hidden layers
     discriminator_dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))  # dropout after D's hidden layers
@@ -274,9 +277,26 @@ def load_preset(name: str) -> Config:
     return config
 
 
-def load_toml(path: Path) -> Config:
+def load_toml(path: Path, stored: bool = False) -> Config:
+    """A config from a TOML file: a user's (partial, over the defaults) or, with ``stored``, a run's."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UserError(f"{path}: cannot read it as TOML ({error})") from None
+    return stored_config_from_dict(data) if stored else config_from_dict(data)
+
+
+# Keys added after runs were first written, with the value those runs behaved as. A stored config
+# (a run's config.toml, a checkpoint's or a generator file's) holds every key of its time, so a
+# missing one means the run predates it.
+BEHAVIOUR_BEFORE_KEY = {"model.feature_order": "chw"}
+
+
+def stored_config_from_dict(data: dict) -> Config:
+    """The config a run was written with (see ``BEHAVIOUR_BEFORE_KEY``)."""
+    data = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+    for dotted, value in BEHAVIOUR_BEFORE_KEY.items():
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
     return config_from_dict(data)

@@ -19,6 +19,9 @@ def same_transposed_padding(kernel: int, stride: int) -> tuple[int, int]:
 class DCGANGenerator(nn.Module):
     """z [+ label embedding] -> Dense -> BN -> LeakyReLU -> (C0, S, S) -> transposed convs -> tanh (N, 1, 28, 28).
 
+    ``feature_order`` says how the projection's features map to (channel, row, column): "hwc"
+    (Keras' Reshape, channels-last: no layout copy before the first conv on CUDA) or "chw".
+
     With the tf-dcgan-tutorial widths [256, 128, 64] and strides [1, 2, 2]:
     (N, 100) -> (N, 12544) -> (N, 256, 7, 7) -> (N, 128, 7, 7) -> (N, 64, 14, 14) -> (N, 1, 28, 28).
     """
@@ -30,6 +33,7 @@ class DCGANGenerator(nn.Module):
         widths, strides, kernel = config.generator_widths, config.generator_strides, config.kernel_size
         self.start_size = 28 // math.prod(strides)
         self.start_channels = widths[0]
+        self.feature_order = config.feature_order
         projected = widths[0] * self.start_size**2
         # BatchNorm over the flat projection (per feature), as Keras does before the Reshape.
         self.project = nn.Sequential(
@@ -48,12 +52,20 @@ class DCGANGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.label_input is not None:
             z = self.label_input(z, labels)
-        hidden = self.project(z).view(-1, self.start_channels, self.start_size, self.start_size)
+        hidden, size = self.project(z), self.start_size
+        if self.feature_order == "hwc":  # Keras' Reshape: memory order (h, w, c), i.e. channels-last
+            hidden = hidden.view(-1, size, size, self.start_channels).permute(0, 3, 1, 2)
+            if not self.net[0].weight.is_contiguous(memory_format=torch.channels_last):
+                hidden = hidden.contiguous()  # the convs run channels-first (CPU): hand them that layout
+        else:
+            hidden = hidden.view(-1, self.start_channels, size, size)
         return self.net(hidden)
 
 
 class DCGANDiscriminator(nn.Module):
     """(N, 1, 28, 28) -> stride-2 convs with LeakyReLU and Dropout -> flatten -> 1 logit per image.
+
+    The flatten follows ``feature_order`` as the generator's projection does.
 
     Conditional: a projection discriminator (Miyato & Koyama 2018): the logit gains the inner
     product of a learned label embedding with the flattened features.
@@ -69,14 +81,17 @@ class DCGANDiscriminator(nn.Module):
             batchnorm = config.discriminator_batchnorm and index > 0
             layers += hidden_block(conv, out_channels, batchnorm, 2, config, config.discriminator_dropout)
             in_channels, size = out_channels, (size + 2 * padding - kernel) // 2 + 1
-        layers.append(nn.Flatten())
         self.net = nn.Sequential(*layers)
+        self.feature_order = config.feature_order
         features = in_channels * size * size
         self.head = nn.Linear(features, 1)
         self.label_projection = nn.Embedding(NUM_CLASSES, features) if config.conditional else None
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.net(images)  # (N, C * S * S)
+        features = self.net(images)  # (N, C, S, S)
+        if self.feature_order == "hwc":  # Keras' Flatten order; channels-last memory already is it: no copy
+            features = features.permute(0, 2, 3, 1)
+        features = features.flatten(1)
         logits = self.head(features).squeeze(1)
         if self.label_projection is not None:
             if labels is None:
