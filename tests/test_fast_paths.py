@@ -2,7 +2,7 @@
 
 CPU: mnistgan's step (device-side batching, one D pass for real and fake, fused optimizers, one G
 forward) against the benchmark's naive loop (DataLoader, separate passes, unfused optimizers).
-CUDA (skipped without a GPU): CUDA graphs and bf16 autocast against eager fp32.
+CUDA (skipped without a GPU): CUDA graphs, bf16 autocast and compiled networks against eager fp32.
 Both sides start from the same weights and see the same images in the same order and the same
 noise; dropout is off so that the random streams cannot differ.
 """
@@ -91,3 +91,18 @@ def test_cuda_graphs_and_bf16_compute_the_plain_losses(preset):
     # And the plain CPU computation agrees with the CUDA one.
     cpu = run_fast(config.replace({"performance.device": "cpu"}), torch.device("cpu"), images, labels, order, noise_bank, steps)
     torch.testing.assert_close(eager, cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["tf-dcgan-tutorial", "mlp-gan"])
+def test_compiled_networks_inside_cuda_graphs_compute_the_plain_losses(preset):
+    config = load_preset(preset).replace({**CASES[preset], "performance.device": "cuda"})
+    steps = 3 + config.performance.steps_per_graph + 1
+    images, labels, order, noise_bank = same_inputs(config, 2048, steps)
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, images, labels, order, noise_bank, steps)
+    compiled = run_fast(config.replace({"performance.compile": True}), device, images, labels, order, noise_bank, steps)
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)

@@ -179,8 +179,13 @@ class TrainingStep:
             d_loss.backward()
             self.d_optimizer.step()
         # G update: the updated D scores the kept fakes; gradients flow to G's parameters only.
-        with self.autocast:
-            g_scores = self.discriminator_score(fake, fake_labels).float()
+        # D's parameters are frozen meanwhile: a compiled backward would compute their gradients too.
+        self.discriminator.requires_grad_(False)
+        try:
+            with self.autocast:
+                g_scores = self.discriminator_score(fake, fake_labels).float()
+        finally:
+            self.discriminator.requires_grad_(True)
         g_loss = losses.generator_loss(self.loss_kind, g_scores)
         self.g_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(g_loss, inputs=self.g_parameters)
@@ -304,7 +309,7 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
                 network.to(memory_format=torch.channels_last)
     if distributed.rank > 0:
         torch.manual_seed(config.train.seed + 7919 * distributed.rank)  # same weights, different noise per rank
-    use_graphs = device.type == "cuda" and perf.cuda_graphs and not distributed.enabled and not perf.compile
+    use_graphs = device.type == "cuda" and perf.cuda_graphs and not distributed.enabled
     g_optimizer = make_optimizer(generator.parameters(), config, config.optim.generator_lr, device, capturable=use_graphs)
     d_optimizer = make_optimizer(discriminator.parameters(), config, config.optim.discriminator_lr, device, capturable=use_graphs)
 
@@ -314,7 +319,7 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
         forward["generator"] = nn.parallel.DistributedDataParallel(generator, device_ids=ids)
         forward["discriminator"] = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
     if perf.compile:
-        forward = {name: torch.compile(network) for name, network in forward.items()}
+        forward = {name: torch.compile(network, dynamic=False) for name, network in forward.items()}
     step = TrainingStep(config, generator, discriminator, ema, g_optimizer, d_optimizer, images, labels,
                         batch_size, steps_per_epoch, device, precision, forward)
     return TrainingParts(generator, discriminator, ema, g_optimizer, d_optimizer, step,
