@@ -157,3 +157,17 @@ def test_dcgan_feature_orders_are_one_function_up_to_a_weight_permutation(condit
     scores = [d.eval()(images[0], labels) for d in discriminators]  # eval: no dropout masks to differ
     torch.testing.assert_close(scores[0], scores[1])
     assert not torch.allclose(build_generator(hwc).eval()(z, labels), generators[0].eval()(z, labels))  # the orders differ
+
+
+def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean():
+    from mnistgan.models.layers import Dropout
+
+    dropout = Dropout(0.3).train()
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.005)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)  # the gradient flows through the kept units only
+    assert torch.equal(dropout.eval()(x), x)
