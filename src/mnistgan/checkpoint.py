@@ -9,8 +9,6 @@ training keeps one) with the config in its metadata, so it can be shared and loa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,28 +18,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
+from .files import write_atomically
 
 FORMAT_VERSION = 1
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as written:  # the bytes reach the disk before the rename makes them visible
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write a training checkpoint (temp file, fsync, rename)."""
-    _atomic(path, lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp))
+    write_atomically(path, lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp), durable=True)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -74,7 +58,7 @@ def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_ki
     """The generator's weights as safetensors, with the config and which weights (raw or EMA) in the metadata."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
     metadata = {"format": "mnistgan-generator", "config": json.dumps(config_dict), "weights": weights_kind}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
 
 
 def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

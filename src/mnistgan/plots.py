@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import write_atomically
 
 
 def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
@@ -32,22 +32,8 @@ def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 
     return picture
 
 
-def save_atomically(write, path: Path) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_image(picture: Image.Image, path: Path) -> None:
-    save_atomically(lambda tmp: picture.save(tmp, format=Path(path).suffix.lstrip(".").upper() or "PNG"), path)
+    write_atomically(path, lambda tmp: picture.save(tmp, format=Path(path).suffix.lstrip(".").upper() or "PNG"))
 
 
 def save_gif(frames: list[Path], path: Path, milliseconds_per_frame: int = 200) -> None:
@@ -56,8 +42,8 @@ def save_gif(frames: list[Path], path: Path, milliseconds_per_frame: int = 200) 
         return
     images = [Image.open(frame).convert("L") for frame in frames]
     durations = [milliseconds_per_frame] * (len(images) - 1) + [2000]
-    save_atomically(lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                               duration=durations, loop=0), path)
+    write_atomically(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                      duration=durations, loop=0))
 
 
 def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
@@ -132,5 +118,5 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") ->
 
 def _save_figure(plt, figure, path: Path) -> None:
     figure.tight_layout()
-    save_atomically(lambda tmp: figure.savefig(tmp, format="png", dpi=110), path)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     plt.close(figure)

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import IMAGE_SIZE, NUM_CLASSES, cache_dir, load_mnist, to_unit_range
 from ..errors import UserError
-from ..plots import save_atomically
+from ..files import write_atomically
 from . import distances
 from .evaluator import FEATURE_DIM, WEIGHTS_SHA256, features_and_probabilities, load_evaluator
 
@@ -313,6 +313,6 @@ def _write_reference(path: Path, reference: Reference) -> None:
     tensors = {"features": reference.features.contiguous(), "probabilities": reference.probabilities.contiguous()}
     tensors.update({f"radii_k{k}": radii.contiguous() for k, radii in reference.radii.items()})
     try:  # readers see the old file or the whole new one, never half of it
-        save_atomically(lambda temp_path: save_file(tensors, temp_path), path)
+        write_atomically(path, lambda temp_path: save_file(tensors, temp_path))
     except (OSError, SafetensorError) as error:
         warnings.warn(f"could not cache reference statistics in {path.parent} ({error}); they will be recomputed next time")

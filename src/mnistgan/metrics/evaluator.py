@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import NUM_CLASSES, load_mnist, to_unit_range
 from ..errors import UserError
-from ..plots import save_atomically
+from ..files import write_atomically
 
 WEIGHTS_PATH = Path(__file__).with_name("evaluator.safetensors")
 # SHA-256 of the shipped weights file, written by `mnistgan train-evaluator` with the
@@ -277,10 +277,9 @@ def train_evaluator(
 
     def write(temp_path: str) -> None:
         save_file(state, temp_path, metadata={"mnistgan_evaluator": json.dumps(recipe, sort_keys=True)})
-        os.chmod(temp_path, 0o644)  # the temporary file is readable by its owner only
 
     try:
-        save_atomically(write, out_path)
+        write_atomically(out_path, write, durable=True)
     except (OSError, SafetensorError) as error:
         raise UserError(f"cannot write the evaluator weights to {out_path} ({error}); choose another output path") from None
     sha256 = sha256_of(out_path)
