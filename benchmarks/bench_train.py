@@ -158,6 +158,7 @@ def main() -> None:
             parser.error(f"no variant {', '.join(unknown)} on {device_type}; choose from {', '.join(variants)}")
         variants = {name: variants[name] for name in args.variants}
     best: dict[tuple[str, str], dict] = {}  # (preset, variant) -> fastest result over the rounds
+    round_seconds: dict[tuple[str, str], list[float]] = {}  # (preset, variant) -> s/epoch of each round
     for round_index in range(args.rounds):
         for preset in args.presets:
             for variant, overrides in variants.items():
@@ -165,10 +166,10 @@ def main() -> None:
                 if result is None:
                     continue
                 key = (preset, variant)
-                seconds = best[key]["round_seconds_per_epoch"] + [result["seconds_per_epoch"]] if key in best else [result["seconds_per_epoch"]]
+                round_seconds.setdefault(key, []).append(result["seconds_per_epoch"])
                 if key not in best or result["seconds_per_epoch"] < best[key]["seconds_per_epoch"]:
                     best[key] = result
-                best[key]["round_seconds_per_epoch"] = seconds
+                best[key]["round_seconds_per_epoch"] = round_seconds[key]
                 if args.json:  # after every measurement, so that an interrupted run keeps what it measured
                     args.json.write_text(json.dumps(list(best.values()), indent=2))
                 print(f"  round {round_index + 1}: {preset:<18} {variant:<16} {result['seconds_per_epoch']:9.3f} s/epoch",
