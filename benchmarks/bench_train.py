@@ -39,7 +39,8 @@ ABLATIONS = {  # what each speed-up is worth, measured by turning it off (CUDA) 
              "bf16": ["performance.precision=\"bf16\""],  # the MLPs' default is fp32: this measures the other way
              "no-channels-last": ["performance.channels_last=false"], "1-step-graphs": ["performance.steps_per_graph=1"],
              "compile": ["performance.compile=true"], "chw": ["model.feature_order=\"chw\""]},
-    "cpu": {"compile": ["performance.compile=true"]},
+    "cpu": {"compile": ["performance.compile=true"], "fp32": ["performance.precision=\"fp32\""],
+            "no-channels-last": ["performance.channels_last=false"]},
 }
 
 

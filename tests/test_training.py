@@ -206,6 +206,18 @@ def test_auto_and_bare_cuda_resolve_to_an_indexed_device(monkeypatch):
         train_module.resolve_device("cuda:3")
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, native_bf16):
+    monkeypatch.setattr(train_module, "cpu_computes_bf16", lambda: native_bf16)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for preset in ("tf-dcgan-tutorial", "mlp-gan"):
+        config = load_preset(preset)
+        assert train_module.resolve_precision(config, cpu) == ("bf16" if native_bf16 else "fp32")
+        assert train_module.resolve_precision(config.replace({"performance.precision": "fp32"}), cpu) == "fp32"
+    assert train_module.resolve_precision(load_preset("tf-dcgan-tutorial"), cuda) == "bf16"
+    assert train_module.resolve_precision(load_preset("mlp-gan"), cuda) == "fp32"  # TF32 beats bf16 at batch 64
+
+
 def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
     run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.eval_every": 1, "train.eval_samples": 100},
                          out=tmp_path / "eval")

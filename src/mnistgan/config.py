@@ -101,10 +101,10 @@ class TrainConfig:
 @dataclass
 class PerformanceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast for conv nets on CUDA, else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where measured faster (see training.resolve_precision)
     cuda_graphs: bool = True  # capture whole training steps as CUDA graphs (CUDA only)
     steps_per_graph: int = field(default=8, metadata=_range(1, 1024))  # training steps per graph replay
-    channels_last: bool = True  # NHWC memory format for conv models on CUDA
+    channels_last: bool = True  # NHWC memory format for conv models
     compile: bool = False  # torch.compile the networks (measured: see README)
     threads: int = field(default=0, metadata=_range(0, 1024))  # CPU threads, 0 = PyTorch's default
 
