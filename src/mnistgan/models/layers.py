@@ -21,14 +21,32 @@ def hidden_block(layer: nn.Module, features: int, batchnorm: bool, dims: int, co
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask is drawn as uniform >= p, 2.7x faster there than the native
-    Bernoulli draw (a 128 x 1024 activation on 2 cores); on CUDA the native fused kernel is faster."""
+    """``nn.Dropout`` with a cheaper mask on the CPU; on CUDA the native fused kernel is faster.
+
+    The CPU's random generator costs per draw, and one 64-bit draw serves four units here: each
+    unit keeps with probability 1 - round(p * 2^15) / 2^15 (0.3 -> 0.700012) and is scaled by that
+    probability's inverse, so the expectation is exact. The mask follows the input's memory layout
+    (channels-last included). Forward and backward of a 256 x 64 x 14 x 14 activation on 2 cores:
+    8.9 ms in fp32 and 10.3 ms in bf16, against 17.6 and 22.8 ms with one uniform draw per unit
+    (the native Bernoulli draw alone takes 36 ms).
+    """
+
+    LEVELS = 1 << 15  # the 15 low bits of each 16-bit lane (the top lane of a draw has only 15)
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.threshold = round(p * self.LEVELS)
+        self.scale = self.LEVELS / (self.LEVELS - self.threshold) if self.threshold < self.LEVELS else 0.0
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or input.device.type != "cpu":
             return super().forward(input)
-        keep = torch.rand_like(input) >= self.p
-        return input * keep * (1.0 / (1.0 - self.p))
+        count = input.numel()
+        bits = torch.empty((count + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:count]
+        dense = input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last)
+        bits = bits.as_strided(input.shape, input.stride()) if dense else bits.view(input.shape)
+        keep = bits.bitwise_and_(self.LEVELS - 1) >= self.threshold
+        return input * keep.to(input.dtype).mul_(self.scale)
 
 
 class LabelInput(nn.Module):
