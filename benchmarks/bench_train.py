@@ -3,12 +3,17 @@
     python benchmarks/bench_train.py                      # every preset, this machine's device
     python benchmarks/bench_train.py --presets tf-dcgan-tutorial mlp-gan --ablation --json out.json
     python benchmarks/bench_train.py --rounds 3                 # interleaved repeats, fastest kept
+    python benchmarks/bench_train.py --paired --variants naive mnistgan   # one process, steps in turn
 
 Each (preset, variant) runs in its own process, so peak memory is its own. A variant trains for a
 fixed number of steps after warm-up (CUDA graph capture and cuDNN autotuning excluded) and reports
 images per second, seconds per epoch (extrapolated to the 60,000 training images), peak memory
 and the memory in use after the first and the last timing window (equal: no growth). The table
 gives each variant's speed-up over the naive loop measured in the same run.
+
+--paired measures the variants of a preset in one process instead, one step of each in turn, so
+that a machine whose speed drifts (a shared CPU) slows every variant alike; it reports median
+step times and the median of the per-turn speed-ups over the first variant, without memory.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -62,38 +68,47 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(preset: str, variant: str, overrides: list[str] | None, device_name: str, steps: int, windows: int) -> dict:
-    """Train ``windows`` x ``steps`` steps after warm-up; return speed and memory of this process."""
-    device = resolve_device(device_name)
+def build_stepper(preset: str, overrides: list[str] | None, device: torch.device, device_name: str):
+    """A function that trains ``count`` steps of ``preset`` (the naive loop if ``overrides`` is None),
+    and the preset's config."""
     config = load_preset(preset).replace({"performance.device": device_name, **parse_overrides(overrides or [])})
     split = load_mnist("train")
     batch, d_steps = config.train.batch_size, config.train.d_steps
     steps_per_epoch = TRAINING_IMAGES // (batch * d_steps)
-    warmup = 20 if device.type == "cuda" else 2
     if overrides is None:
         loop = NaiveLoop(config, device, split.images, split.labels)
-        run = lambda count: [loop.step() for _ in range(count)]  # noqa: E731
-    else:
-        images, labels = split.images.to(device), split.labels.to(device)
-        precision = resolve_precision(config, device)
-        configure_backends(device, precision)  # as training does
-        parts = build_training(config, device, images, labels, batch, steps_per_epoch, precision)
-        parts.step.order.copy_(epoch_order(0, 1, TRAINING_IMAGES)[: parts.step.order.numel()])
+        return (lambda count: [loop.step() for _ in range(count)]), config  # noqa: E731
+    images, labels = split.images.to(device), split.labels.to(device)
+    precision = resolve_precision(config, device)
+    configure_backends(device, precision)  # as training does
+    parts = build_training(config, device, images, labels, batch, steps_per_epoch, precision)
+    parts.step.order.copy_(epoch_order(0, 1, TRAINING_IMAGES)[: parts.step.order.numel()])
+    position = 0  # step within the epoch, tracked on the host as training does
 
-        position = 0  # step within the epoch, tracked on the host as training does
+    def run(count):
+        nonlocal position
+        done = 0
+        while done < count:
+            if position == steps_per_epoch:  # wrap around: same order again (device-side resets, no sync)
+                parts.step.cursor.zero_()
+                parts.step.step_index.zero_()
+                position = 0
+            ran = parts.runner.run(min(count - done, steps_per_epoch - position))
+            done, position = done + ran, position + ran
 
-        def run(count):
-            nonlocal position
-            done = 0
-            while done < count:
-                if position == steps_per_epoch:  # wrap around: same order again (device-side resets, no sync)
-                    parts.step.cursor.zero_()
-                    parts.step.step_index.zero_()
-                    position = 0
-                ran = parts.runner.run(min(count - done, steps_per_epoch - position))
-                done, position = done + ran, position + ran
+    return run, config
 
-    run(warmup)
+
+def seconds_per_epoch(step_seconds: float, config) -> float:
+    return step_seconds * (TRAINING_IMAGES // (config.train.batch_size * config.train.d_steps))
+
+
+def measure(preset: str, variant: str, overrides: list[str] | None, device_name: str, steps: int, windows: int) -> dict:
+    """Train ``windows`` x ``steps`` steps after warm-up; return speed and memory of this process."""
+    device = resolve_device(device_name)
+    run, config = build_stepper(preset, overrides, device, device_name)
+    batch, d_steps = config.train.batch_size, config.train.d_steps
+    run(20 if device.type == "cuda" else 2)  # warm-up
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -109,11 +124,44 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
         "preset": preset, "variant": variant, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "batch_size": batch, "steps_timed": steps * windows,
         "images_per_second": steps * batch * d_steps / best,
-        "seconds_per_epoch": best / steps * steps_per_epoch,
+        "seconds_per_epoch": seconds_per_epoch(best / steps, config),
         "window_seconds": seconds,
         "peak_memory_mb": peak_memory(device) / 2**20,
         "memory_first_window_mb": memory[0] / 2**20, "memory_last_window_mb": memory[-1] / 2**20,
     }
+
+
+def measure_paired(preset: str, variants: dict, device_name: str, steps: int) -> list[dict]:
+    """All ``variants`` of ``preset`` in this one process, one step each in turn (the order rotating),
+    ``steps`` times: a machine whose speed drifts slows them alike. Median step time of each; the
+    speed-up is the median over turns of the first variant's step time over this one's."""
+    device = resolve_device(device_name)
+    steppers = {name: build_stepper(preset, overrides, device, device_name) for name, overrides in variants.items()}
+    for run, _ in steppers.values():
+        run(20 if device.type == "cuda" else 2)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in steppers}
+    names = list(steppers)
+    for turn in range(steps):
+        for name in names[turn % len(names):] + names[: turn % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            steppers[name][0](1)
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    first = names[0]
+    results = []
+    for name in names:
+        config = steppers[name][1]
+        ratios = [a / b for a, b in zip(times[first], times[name])]
+        results.append({"preset": preset, "variant": name, "paired_with": first, "steps_timed": steps,
+                        "batch_size": config.train.batch_size,
+                        "seconds_per_epoch": seconds_per_epoch(statistics.median(times[name]), config),
+                        "speedup_over_first": statistics.median(ratios),
+                        "speedup_quartiles": statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else ratios * 2})
+    return results
+
+
+PAIRED_STEPS = {"cuda": {"mlp": 400, "dcgan": 100}, "cpu": {"mlp": 300, "dcgan": 12}}  # turns per preset
 
 
 def default_steps(preset: str, variant: str, device_type: str) -> int:
@@ -137,6 +185,9 @@ def main() -> None:
                              "(on a machine whose speed drifts, naive and mnistgan then see the same drift)")
     parser.add_argument("--ablation", action="store_true", help="also measure with each speed-up switched off (CUDA) or on (CPU)")
     parser.add_argument("--variants", nargs="+", help="measure only these variants (naive, mnistgan, or ablation names)")
+    parser.add_argument("--paired", action="store_true",
+                        help="run the variants of a preset in one process, one step each in turn, and give each one's "
+                             "speed-up over the first variant (robust to drift; no memory figures)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--single", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--overrides", nargs="*", help=argparse.SUPPRESS)
@@ -158,6 +209,15 @@ def main() -> None:
         if unknown:
             parser.error(f"no variant {', '.join(unknown)} on {device_type}; choose from {', '.join(variants)}")
         variants = {name: variants[name] for name in args.variants}
+    if args.paired:
+        results = []
+        for preset in args.presets:
+            steps = args.steps or PAIRED_STEPS[device_type][load_preset(preset).model.architecture]
+            results += measure_paired(preset, variants, args.device, steps)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
+        report_paired(results, device_type)
+        return
     best: dict[tuple[str, str], dict] = {}  # (preset, variant) -> fastest result over the rounds
     round_seconds: dict[tuple[str, str], list[float]] = {}  # (preset, variant) -> s/epoch of each round
     for round_index in range(args.rounds):
@@ -177,6 +237,15 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     results = list(best.values())
     report(results, device_type, args.json)
+
+
+def report_paired(results: list[dict], device_type: str) -> None:
+    print(f"\ndevice: {device_type}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; steps in turn, medians")
+    print(f"{'preset':<18} {'variant':<16} {'batch':>5} {'s/epoch':>9} {'speed-up':>9} {'quartiles':>11}")
+    for r in results:
+        low, high = r["speedup_quartiles"]
+        print(f"{r['preset']:<18} {r['variant']:<16} {r['batch_size']:>5} {r['seconds_per_epoch']:>9.3f} "
+              f"{r['speedup_over_first']:>8.2f}x {low:>5.2f}-{high:<5.2f}")
 
 
 def measure_in_child(args, preset: str, variant: str, overrides: list[str] | None) -> dict | None:
