@@ -20,7 +20,7 @@ class DCGANGenerator(nn.Module):
     """z [+ label embedding] -> Dense -> BN -> LeakyReLU -> (C0, S, S) -> transposed convs -> tanh (N, 1, 28, 28).
 
     ``feature_order`` says how the projection's features map to (channel, row, column): "hwc"
-    (Keras' Reshape, channels-last: no layout copy before the first conv on CUDA) or "chw".
+    (Keras' Reshape, channels-last: no layout copy before the first conv) or "chw".
 
     With the tf-dcgan-tutorial widths [256, 128, 64] and strides [1, 2, 2]:
     (N, 100) -> (N, 12544) -> (N, 256, 7, 7) -> (N, 128, 7, 7) -> (N, 64, 14, 14) -> (N, 1, 28, 28).
@@ -56,7 +56,7 @@ class DCGANGenerator(nn.Module):
         if self.feature_order == "hwc":  # Keras' Reshape: memory order (h, w, c), i.e. channels-last
             hidden = hidden.view(-1, size, size, self.start_channels).permute(0, 3, 1, 2)
             if not self.net[0].weight.is_contiguous(memory_format=torch.channels_last):
-                hidden = hidden.contiguous()  # the convs run channels-first (CPU): hand them that layout
+                hidden = hidden.contiguous()  # the convs run channels-first (channels_last off): hand them that layout
         else:
             hidden = hidden.view(-1, self.start_channels, size, size)
         return self.net(hidden)
