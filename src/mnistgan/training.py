@@ -64,6 +64,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def uses_channels_last(config: Config) -> bool:
+    """Whether the networks and the real batches are kept channels-last: conv nets, when the setting is on."""
+    return config.performance.channels_last and config.model.architecture == "dcgan"
+
+
 def make_optimizer(parameters, config: Config, lr: float, device: torch.device, capturable: bool) -> torch.optim.Optimizer:
     optim = config.optim
     # Fused kernels: one launch for all parameters on CUDA, and the fastest update on CPU too.
@@ -108,7 +113,7 @@ class TrainingStep:
         conv_on_cpu = device.type == "cpu" and config.model.architecture == "dcgan"
         self.joint_discriminator_pass = not config.model.discriminator_batchnorm and not conv_on_cpu
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
-        self.channels_last = config.performance.channels_last and config.model.architecture == "dcgan"
+        self.channels_last = uses_channels_last(config)
 
         images_per_epoch = steps_per_epoch * config.train.d_steps * batch_size
         self.order = torch.zeros(images_per_epoch, dtype=torch.long, device=device)
@@ -319,7 +324,7 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
         ema = build_generator(config.model).to(device)
         ema.load_state_dict(generator.state_dict())
         ema.requires_grad_(False)
-    if perf.channels_last and config.model.architecture == "dcgan":
+    if uses_channels_last(config):
         for network in (generator, discriminator, ema):
             if network is not None:
                 network.to(memory_format=torch.channels_last)
