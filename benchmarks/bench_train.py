@@ -73,8 +73,7 @@ def build_stepper(preset: str, overrides: list[str] | None, device: torch.device
     and the preset's config."""
     config = load_preset(preset).replace({"performance.device": device_name, **parse_overrides(overrides or [])})
     split = load_mnist("train")
-    batch, d_steps = config.train.batch_size, config.train.d_steps
-    steps_per_epoch = TRAINING_IMAGES // (batch * d_steps)
+    batch, steps_per_epoch = config.train.batch_size, epoch_steps(config)
     if overrides is None:
         loop = NaiveLoop(config, device, split.images, split.labels)
         return (lambda count: [loop.step() for _ in range(count)]), config  # noqa: E731
@@ -99,8 +98,16 @@ def build_stepper(preset: str, overrides: list[str] | None, device: torch.device
     return run, config
 
 
+def epoch_steps(config) -> int:
+    return TRAINING_IMAGES // (config.train.batch_size * config.train.d_steps)
+
+
 def seconds_per_epoch(step_seconds: float, config) -> float:
-    return step_seconds * (TRAINING_IMAGES // (config.train.batch_size * config.train.d_steps))
+    return step_seconds * epoch_steps(config)
+
+
+def warm_up(run, device: torch.device) -> None:
+    run(20 if device.type == "cuda" else 2)  # CUDA: graph capture and cuDNN autotuning happen here
 
 
 def measure(preset: str, variant: str, overrides: list[str] | None, device_name: str, steps: int, windows: int) -> dict:
@@ -108,7 +115,7 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
     device = resolve_device(device_name)
     run, config = build_stepper(preset, overrides, device, device_name)
     batch, d_steps = config.train.batch_size, config.train.d_steps
-    run(20 if device.type == "cuda" else 2)  # warm-up
+    warm_up(run, device)
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -138,7 +145,7 @@ def measure_paired(preset: str, variants: dict, device_name: str, steps: int) ->
     device = resolve_device(device_name)
     steppers = {name: build_stepper(preset, overrides, device, device_name) for name, overrides in variants.items()}
     for run, _ in steppers.values():
-        run(20 if device.type == "cuda" else 2)  # warm-up
+        warm_up(run, device)
     times: dict[str, list[float]] = {name: [] for name in steppers}
     names = list(steppers)
     for turn in range(steps):
