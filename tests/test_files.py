@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from mnistgan.files import write_atomically
+from mnistgan.files import write_atomically, write_text_atomically
 
 
 def write_text(text):
@@ -22,6 +22,26 @@ def test_a_written_file_has_the_permissions_open_would_give(tmp_path, umask, mod
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
     assert (tmp_path / "a.txt").read_text() == "new"
+
+
+def test_a_writer_that_replaces_the_file_does_not_change_its_permissions(tmp_path):
+    # safetensors' save_file, for one, creates a fresh file with mode 0600 where it is told to write.
+    def replace_with_private_file(temp_path):
+        os.unlink(temp_path)
+        os.close(os.open(temp_path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+    previous = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "a.bin", replace_with_private_file)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+
+
+def test_write_text_atomically(tmp_path):
+    write_text_atomically(tmp_path / "config.toml", "a = 1\n")
+    assert (tmp_path / "config.toml").read_text() == "a = 1\n"
+    assert os.listdir(tmp_path) == ["config.toml"]
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

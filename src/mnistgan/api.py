@@ -21,6 +21,7 @@ from PIL import Image
 from .checkpoint import load_checkpoint, load_weights, read_generator_file
 from .config import DEFAULT_PRESET, Config, load_preset, load_toml, parse_overrides, stored_config_from_dict
 from .errors import UserError
+from .files import write_text_atomically
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
 from .rundir import new_run_dir, require_run_dir
@@ -74,7 +75,7 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
         config = load_toml(paths.config, stored=True)
         changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
         config = config.replace(changes)
-        paths.config.write_text(config.to_toml())
+        write_text_atomically(paths.config, config.to_toml())
         run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
         return Run(paths.root)
     config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
@@ -136,7 +137,8 @@ class Run:
 
     @property
     def generator(self) -> torch.nn.Module:
-        """The generator used for sampling (EMA weights when the run kept them), in eval mode on CPU."""
+        """The generator used for sampling (EMA weights when the run kept them), in eval mode; loaded on the
+        CPU, and left on the device that ``sample`` or ``evaluate`` last moved it to."""
         if self._generator is None:
             self._generator = self._load_generator()
         return self._generator
@@ -209,7 +211,8 @@ class Run:
         return json.loads(self.paths.metrics_json.read_text())
 
     def evaluate(self, n: int = 10_000, seed: int = 0, device: str = "auto", reference: str = "test", save: bool = True) -> dict:
-        """Score ``n`` samples with the shipped evaluator (see ``mnistgan.metrics``); saved as metrics.json.
+        """Score ``n`` samples with the shipped evaluator (see ``mnistgan.metrics``); with ``save``, a run
+        opened from its directory keeps the result as metrics.json.
 
         Conditional runs also get ``conditional_accuracy``: how often the evaluator reads the
         digit that was asked for, over ``n`` samples with the digits in equal shares.
@@ -227,7 +230,7 @@ class Run:
             result["conditional_accuracy"] = metrics.conditional_accuracy(images, digits, device=torch_device)
         result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset)
         if save and self.paths is not None:
-            self.paths.metrics_json.write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
         return result
 
     def _repr_png_(self) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -11,15 +12,18 @@ def write_atomically(path: Path | str, write, durable: bool = False) -> None:
     """Call ``write(temp_path)``, then rename the temporary file onto ``path``.
 
     The temporary file sits beside ``path`` (a rename within one file system is atomic) and is
-    created with mode 0666 less the umask, as ``open()`` would create ``path``. ``durable`` syncs
-    the bytes to disk before the rename, so that a power cut cannot leave an empty file behind it.
+    created with mode 0666 less the umask, as ``open()`` would create ``path``, and keeps that mode
+    even when ``write`` replaces the file (safetensors creates its own, with mode 0600). ``durable``
+    syncs the bytes to disk before the rename, so that a power cut cannot leave an empty file behind it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(temp.stat().st_mode)
     try:
         write(str(temp))
+        os.chmod(temp, mode)
         if durable:
             with open(temp, "rb") as written:
                 os.fsync(written.fileno())
@@ -27,3 +31,8 @@ def write_atomically(path: Path | str, write, durable: bool = False) -> None:
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def write_text_atomically(path: Path | str, text: str) -> None:
+    """``Path.write_text``, atomically."""
+    write_atomically(path, lambda temp: Path(temp).write_text(text))
