@@ -27,6 +27,7 @@ from .config import Config
 from .data import load_mnist, to_unit_range
 from .distributed import Distributed
 from .errors import UserError
+from .files import write_text_atomically
 from .models import build_discriminator, build_generator, sample_latent
 from .plots import image_grid, plot_losses, plot_metrics, read_csv_columns, save_gif, save_image
 from .rundir import RunPaths, prepare_output_dir
@@ -430,22 +431,28 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     configure_backends(device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    created_output_dir = not resume and main_process and not paths.root.exists()
     if not resume and main_process:
         prepare_output_dir(paths.root)  # fail before the data is loaded, not after
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
-    split = load_mnist("train", data_dir)
-    count = train_config.subset or len(split)
-    if train_config.subset > len(split):
-        raise UserError(f"train.subset = {train_config.subset} exceeds the {len(split)} training images")
-    if train_config.batch_size % distributed.world_size:
-        raise UserError(f"train.batch_size {train_config.batch_size} must divide evenly among {distributed.world_size} processes")
-    batch_size = train_config.batch_size // distributed.world_size  # per process
-    shard = count // distributed.world_size
-    steps_per_epoch = shard // (batch_size * train_config.d_steps)
-    if steps_per_epoch < 1:
-        raise UserError(f"{count} training images make no full batch of {train_config.batch_size}"
-                        f"{' x d_steps ' + str(train_config.d_steps) if train_config.d_steps > 1 else ''}; lower --batch-size or raise --subset")
+    try:
+        split = load_mnist("train", data_dir)
+        count = train_config.subset or len(split)
+        if train_config.subset > len(split):
+            raise UserError(f"train.subset = {train_config.subset} exceeds the {len(split)} training images")
+        if train_config.batch_size % distributed.world_size:
+            raise UserError(f"train.batch_size {train_config.batch_size} must divide evenly among {distributed.world_size} processes")
+        batch_size = train_config.batch_size // distributed.world_size  # per process
+        shard = count // distributed.world_size
+        steps_per_epoch = shard // (batch_size * train_config.d_steps)
+        if steps_per_epoch < 1:
+            raise UserError(f"{count} training images make no full batch of {train_config.batch_size}"
+                            f"{' x d_steps ' + str(train_config.d_steps) if train_config.d_steps > 1 else ''}; lower --batch-size or raise --subset")
+    except UserError:
+        if created_output_dir and not any(paths.root.iterdir()):
+            paths.root.rmdir()  # a run that never started leaves no empty folder behind
+        raise
     images = split.images[:count].to(device)
     labels = split.labels[:count].to(device)
 
@@ -477,7 +484,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
             _truncate_csv(paths.metrics_csv, completed_epochs)
     elif main_process:
         paths.samples.mkdir(exist_ok=True)
-        paths.config.write_text(config.to_toml())
+        write_text_atomically(paths.config, config.to_toml())
 
     def checkpoint_state() -> dict:
         return {
