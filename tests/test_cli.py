@@ -1,6 +1,8 @@
 """The commands as a user types them: outputs, and one clean error line for each bad input."""
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,6 +87,14 @@ def test_bad_input_is_one_clear_line(capsys, argv, message):
 def test_missing_data_directory(capsys, tmp_path):
     line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")] + TINY_ARGS)
     assert "lacks the MNIST file" in line
+    assert not (tmp_path / "r").exists()  # a run that never started leaves no empty folder
+
+
+def test_too_large_subset_keeps_an_existing_output_folder(capsys, tmp_path):
+    (tmp_path / "r").mkdir()
+    line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(tmp_path / "r")] + TINY_ARGS + ["--subset", "70000"])
+    assert "exceeds the 60000 training images" in line
+    assert (tmp_path / "r").is_dir()  # the user made it; only a folder the run created is removed
 
 
 def test_corrupt_data(capsys, tmp_path):
@@ -143,6 +153,15 @@ def test_errors_in_a_fresh_process_have_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "choose one of" in result.stderr
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    # `mnistgan presets | head -1`: the reader leaves before the listing is written.
+    process = subprocess.Popen([sys.executable, "-m", "mnistgan", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert stderr == ""
 
 
 def test_evaluate_a_run_writes_metrics_json(capsys, trained_run):

@@ -1,8 +1,12 @@
-"""The commands users type. Parsing and error messages only; the work is in ``api``."""
+"""The commands users type: argument parsing, what they print and write, one error line per bad input.
+
+Training, sampling and measuring are ``api``'s; this module only turns arguments into its calls.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # so that a closed pipe shows up here, not as an error at exit
+        return code
     except UserError as error:
         print(f"mnistgan: error: {error}", file=sys.stderr)
         return 2
@@ -119,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         message = getattr(interrupt, "message", "interrupted")
         print(f"mnistgan: {message}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools
+        # do. Output still buffered for the closed pipe is sent to /dev/null so exit cannot fail on it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 
 def _train(args) -> int:
@@ -134,6 +145,7 @@ def _sample(args) -> int:
     import numpy as np
 
     from . import api
+    from .files import write_atomically
     from .plots import image_grid, save_image
 
     if args.run is None and args.checkpoint is None:
@@ -154,7 +166,13 @@ def _sample(args) -> int:
         if out.suffix == ".png":
             save_image(image_grid(images, columns=columns, scale=2), out)
         else:
-            np.save(out, images.numpy().astype(np.float32))
+            array = images.numpy().astype(np.float32)
+
+            def write_npy(temp):
+                with open(temp, "wb") as handle:  # a file name would get ".npy" appended
+                    np.save(handle, array)
+
+            write_atomically(out, write_npy)
     except OSError as error:
         raise UserError(f"cannot write {out} ({error.strerror})") from None
     print(f"wrote {images.shape[0]} samples to {out}")
