@@ -5,7 +5,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import mnistgan
 from mnistgan import training as train_module
@@ -87,6 +87,33 @@ def test_resume_drops_loss_rows_written_after_the_checkpoint(tmp_path):
         handle.write("999,3,1,1,0.5,0.5\n")
     mnistgan.train(resume=tmp_path / "run", epochs=2)
     assert (tmp_path / "run" / "losses.csv").read_text() == reference
+
+
+def test_resuming_a_finished_run_rewrites_its_final_outputs(tmp_path):
+    # A process killed after the last checkpoint but before the last outputs: stale weights file, no GIF.
+    run_dir = tmp_path / "run"
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2}, out=run_dir)
+    final = load_file(run_dir / "generator.safetensors")
+    stale = {name: torch.zeros_like(tensor) for name, tensor in final.items()}
+    save_file(stale, run_dir / "generator.safetensors")
+    (run_dir / "progress.gif").unlink()
+    (run_dir / ".loss_curves.png.0123456789ab.tmp").write_bytes(b"half")
+    mnistgan.train(resume=run_dir)
+    rewritten = load_file(run_dir / "generator.safetensors")
+    assert all(torch.equal(final[name], rewritten[name]) for name in final)
+    assert (run_dir / "progress.gif").is_file()
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_resume_that_cannot_start_leaves_the_config_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2}, out=run_dir)
+    config = (run_dir / "config.toml").read_text()
+    with pytest.raises(UserError, match="--epochs must be at least 2"):
+        mnistgan.train(resume=run_dir, epochs=1)
+    with pytest.raises(UserError, match="lacks the MNIST file"):
+        mnistgan.train(resume=run_dir, epochs=3, data_dir=tmp_path)
+    assert (run_dir / "config.toml").read_text() == config
 
 
 def test_simultaneous_update_changes_both_networks_from_one_batch(tmp_path):

@@ -74,12 +74,13 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
             raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing)")
         config = load_toml(paths.config, stored=True)
         changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
-        config = config.replace(changes)
-        write_text_atomically(paths.config, config.to_toml())
+        config = config.replace(changes)  # written to config.toml once the resume has started
         run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
         return Run(paths.root)
     config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                             subset=subset, conditional=conditional, eval_every=eval_every)
+    if out is not None and not str(out).strip():
+        raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
     out_path = Path(out) if out is not None else new_run_dir(Path("runs"), preset or DEFAULT_PRESET)
     if (out_path / "config.toml").exists():
         raise UserError(f"{out_path} already holds a run; continue it with --resume {out_path} or choose another --out")

@@ -30,7 +30,7 @@ from .errors import UserError
 from .files import write_text_atomically
 from .models import build_discriminator, build_generator, sample_latent
 from .plots import image_grid, plot_losses, plot_metrics, read_csv_columns, save_gif, save_image
-from .rundir import RunPaths, prepare_output_dir
+from .rundir import RunPaths, check_output_dir
 
 STAT_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake")
 GRID_SIZE = 16  # fixed-noise samples in the 4x4 grid
@@ -41,9 +41,10 @@ GRAPH_WARMUP_STEPS = 3  # eager steps before CUDA graph capture (lazy state, cuD
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped training after a checkpoint was written."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, signum: int = signal.SIGINT):
         super().__init__(message)
         self.message = message
+        self.exit_status = 128 + signum  # what a shell reports for a process that signal stopped
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,6 +54,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu" and device.index:
+        raise UserError(f"device {name}: the CPU takes no index; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device {name} is not supported; use auto, cpu or cuda")
     if device.type == "cuda":
@@ -431,28 +434,22 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     configure_backends(device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    created_output_dir = not resume and main_process and not paths.root.exists()
     if not resume and main_process:
-        prepare_output_dir(paths.root)  # fail before the data is loaded, not after
+        check_output_dir(paths.root)  # fail before the data is loaded, not after
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
-    try:
-        split = load_mnist("train", data_dir)
-        count = train_config.subset or len(split)
-        if train_config.subset > len(split):
-            raise UserError(f"train.subset = {train_config.subset} exceeds the {len(split)} training images")
-        if train_config.batch_size % distributed.world_size:
-            raise UserError(f"train.batch_size {train_config.batch_size} must divide evenly among {distributed.world_size} processes")
-        batch_size = train_config.batch_size // distributed.world_size  # per process
-        shard = count // distributed.world_size
-        steps_per_epoch = shard // (batch_size * train_config.d_steps)
-        if steps_per_epoch < 1:
-            raise UserError(f"{count} training images make no full batch of {train_config.batch_size}"
-                            f"{' x d_steps ' + str(train_config.d_steps) if train_config.d_steps > 1 else ''}; lower --batch-size or raise --subset")
-    except UserError:
-        if created_output_dir and not any(paths.root.iterdir()):
-            paths.root.rmdir()  # a run that never started leaves no empty folder behind
-        raise
+    split = load_mnist("train", data_dir)
+    count = train_config.subset or len(split)
+    if train_config.subset > len(split):
+        raise UserError(f"train.subset = {train_config.subset} exceeds the {len(split)} training images")
+    if train_config.batch_size % distributed.world_size:
+        raise UserError(f"train.batch_size {train_config.batch_size} must divide evenly among {distributed.world_size} processes")
+    batch_size = train_config.batch_size // distributed.world_size  # per process
+    shard = count // distributed.world_size
+    steps_per_epoch = shard // (batch_size * train_config.d_steps)
+    if steps_per_epoch < 1:
+        raise UserError(f"{count} training images make no full batch of {train_config.batch_size}"
+                        f"{' x d_steps ' + str(train_config.d_steps) if train_config.d_steps > 1 else ''}; lower --batch-size or raise --subset")
     images = split.images[:count].to(device)
     labels = split.labels[:count].to(device)
 
@@ -473,6 +470,9 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         g_optimizer.load_state_dict(state["g_optimizer"])
         d_optimizer.load_state_dict(state["d_optimizer"])
         completed_epochs, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        if train_config.epochs < completed_epochs + (step_in_epoch > 0):
+            raise UserError(f"{paths.root} has trained {completed_epochs} epochs{' and part of the next' if step_in_epoch else ''}; "
+                            f"--epochs must be at least {completed_epochs + (step_in_epoch > 0)}")
         best_fd, trained_seconds = state.get("best_fd", math.inf), state.get("trained_seconds", 0.0)
         if step_in_epoch:
             step.stats[:step_in_epoch] = state["partial_stats"].to(device)
@@ -482,8 +482,10 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         if main_process:
             _truncate_csv(paths.losses, completed_epochs)
             _truncate_csv(paths.metrics_csv, completed_epochs)
+            _remove_stale_temporaries(paths)
+            write_text_atomically(paths.config, config.to_toml())  # the new --epochs / --device, now that it resumes
     elif main_process:
-        paths.samples.mkdir(exist_ok=True)
+        paths.samples.mkdir(parents=True, exist_ok=True)  # the run's folder appears here, as the run starts
         write_text_atomically(paths.config, config.to_toml())
 
     def checkpoint_state() -> dict:
@@ -515,10 +517,16 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
 
     # -- Ctrl-C / SIGTERM: finish the step, checkpoint, stop -------------------------------------
     stop = threading.Event()
+    stop_signals: list[int] = []
     previous_handlers = {}
+
+    def request_stop(signum, _frame) -> None:
+        stop_signals.append(signum)
+        stop.set()
+
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, lambda *_: stop.set())
+            previous_handlers[signum] = signal.signal(signum, request_stop)
 
     def stop_requested(step_in_epoch: int | None) -> bool:
         """Ctrl-C seen? Under DDP all ranks agree, at the same steps (every 50, and at epoch ends)."""
@@ -531,6 +539,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     from tqdm.auto import tqdm
 
     images_per_step = train_config.batch_size * train_config.d_steps
+    resumed_complete = completed_epochs >= train_config.epochs
     say(f"training {config.preset or 'a custom config'} on {device} ({precision}"
         f"{', CUDA graphs' if runner.use_graphs else ''}{f', {distributed.world_size} processes' if distributed.enabled else ''})"
         f": {count} images, {steps_per_epoch} steps of {train_config.batch_size} per epoch -> {paths.root}")
@@ -601,7 +610,8 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
             prepare_sampler()
             write_outputs(final=True)
         where = f"epoch {completed_epochs + 1}, step {step_in_epoch}" if step_in_epoch else f"the end of epoch {completed_epochs}"
-        raise TrainingInterrupted(f"interrupted at {where}; checkpoint saved. Resume with: mnistgan train --resume {paths.root}") from None
+        raise TrainingInterrupted(f"interrupted at {where}; checkpoint saved. Resume with: mnistgan train --resume {paths.root}",
+                                  stop_signals[0] if stop_signals else signal.SIGINT) from None
     else:
         if distributed.enabled:  # data parallelism must leave every process with the same networks
             digest = distributed.check_replicas(generator, discriminator)
@@ -610,7 +620,10 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
         distributed.close()
-    if completed_epochs >= train_config.epochs and not paths.generator.exists() and main_process:
+    if resumed_complete and main_process:
+        # A run stopped after its last checkpoint but before its last outputs (killed then, say) gets
+        # them from that checkpoint: curves, GIF and generator file, as the uninterrupted run wrote them.
+        prepare_sampler()
         write_outputs(final=True)
     say(f"done: {completed_epochs} epochs in {trained_seconds:.0f} s of training; samples, curves and weights in {paths.root}")
     return paths
@@ -632,6 +645,13 @@ def _append_losses(path: Path, epoch_stats: torch.Tensor, epoch: int, steps_per_
             chunk = epoch_stats[start : start + log_every].mean(0).tolist()
             end = min(start + log_every, steps_per_epoch)
             writer.writerow([first_step + end, epoch] + [f"{value:.6g}" for value in chunk])
+
+
+def _remove_stale_temporaries(paths: RunPaths) -> None:
+    """Temporary files of atomic writes that a killed process left behind (``.NAME.HEX.tmp``)."""
+    for folder in (paths.root, paths.samples, paths.checkpoints):
+        for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
+            temporary.unlink(missing_ok=True)
 
 
 def _truncate_csv(path: Path, completed_epochs: int) -> None:
