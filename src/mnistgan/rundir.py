@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,17 +76,20 @@ def new_run_dir(base: Path, name: str) -> Path:
     return base / f"{max(numbers, default=0) + 1:03d}-{name}"
 
 
-def prepare_output_dir(path: Path) -> None:
-    """Create the run directory and prove it is writable, or fail with one clear line."""
+def check_output_dir(path: Path) -> None:
+    """Prove that the run directory can be made (or written, if it exists), or fail with one clear line.
+
+    Nothing is created: a run that stops before it starts (bad data, Ctrl-C) leaves no empty folder.
+    """
+    existing = Path(path)
+    while not existing.exists():  # the nearest folder that exists: the run's folders go there
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write to the output directory {path}: {existing} is a file; choose another with --out")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        tempfile.TemporaryDirectory(dir=existing).cleanup()  # what the run will do there: make a folder, write in it
     except OSError as error:
         raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"cannot write to the output directory {path}; choose another with --out")
 
 
 def require_run_dir(path: Path) -> RunPaths:
