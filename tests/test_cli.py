@@ -1,6 +1,7 @@
 """The commands as a user types them: outputs, and one clean error line for each bad input."""
 
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -79,6 +80,11 @@ def test_presets_lists_all_five(capsys):
     (["train", "--preset", "mlp-gan", "--device", "tpu"], "unknown device 'tpu'"),
     (["sample", "--out", "x.png"], "give --run RUN_DIR or --checkpoint FILE"),
     (["presets", "--show", "nope"], "unknown preset 'nope'"),
+    (["train", "--preset", "mlp-gan", "--out", ""], "--out is empty"),
+    (["train", "--preset", "mlp-gan", "--device", "cpu:5"], "the CPU takes no index"),
+    (["train", "--preset", "mlp-gan", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist is not a folder"),
+    (["train-evaluator", "--out", "evaluator.txt"], "must end in .safetensors"),
+    (["train-evaluator", "--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, message):
     assert message in one_error_line(capsys, argv)
@@ -94,7 +100,7 @@ def test_too_large_subset_keeps_an_existing_output_folder(capsys, tmp_path):
     (tmp_path / "r").mkdir()
     line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(tmp_path / "r")] + TINY_ARGS + ["--subset", "70000"])
     assert "exceeds the 60000 training images" in line
-    assert (tmp_path / "r").is_dir()  # the user made it; only a folder the run created is removed
+    assert (tmp_path / "r").is_dir() and not any((tmp_path / "r").iterdir())  # left as the user made it
 
 
 def test_corrupt_data(capsys, tmp_path):
@@ -153,6 +159,17 @@ def test_errors_in_a_fresh_process_have_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "choose one of" in result.stderr
+
+
+def test_sigterm_checkpoints_and_exits_with_its_own_status(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "mnistgan", "train", "--preset", "mlp-gan", "--epochs", "1000",
+                                "--out", str(tmp_path / "run"), *TINY_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "epoch    1/1000" in process.stdout.readline() + process.stdout.readline()  # the start line, then epoch 1
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "checkpoint saved" in stderr and "Traceback" not in stderr
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
 def test_output_into_a_closed_pipe_stops_quietly():

@@ -7,7 +7,16 @@
 
 __version__ = "0.1.0"
 
-from .api import Run, evaluate_real, evaluate_samples, load, resolve_config, train  # noqa: E402
 from .errors import UserError  # noqa: E402
 
 __all__ = ["Run", "UserError", "evaluate_real", "evaluate_samples", "load", "resolve_config", "train"]
+
+
+def __getattr__(name: str):
+    # The API (and torch with it) loads on first use, so that the command line starts at once and a
+    # Ctrl-C while torch loads reaches the command's own handler, not a traceback.
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mnistgan' has no attribute {name!r}")

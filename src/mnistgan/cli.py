@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mnistgan: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        message = getattr(interrupt, "message", "interrupted")
-        print(f"mnistgan: {message}", file=sys.stderr)
-        return 130
+        print(f"mnistgan: {getattr(interrupt, 'message', 'interrupted')}", file=sys.stderr)
+        return getattr(interrupt, "exit_status", 130)
     except BrokenPipeError:
         # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools
         # do. Output still buffered for the closed pipe is sent to /dev/null so exit cannot fail on it.

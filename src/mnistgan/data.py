@@ -80,6 +80,8 @@ def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = Tr
     for explicit, origin in ((data_dir, "--data-dir"), (os.environ.get("MNISTGAN_DATA_DIR"), "$MNISTGAN_DATA_DIR")):
         if explicit:
             directory = Path(explicit).expanduser()
+            if not directory.is_dir():
+                raise UserError(f"{origin} {directory} is not a folder; point it at the folder with the four MNIST IDX files")
             if not _has_all_files(directory):
                 missing = [n for n in FILES.values() if not _file_in(directory, n)]
                 raise UserError(

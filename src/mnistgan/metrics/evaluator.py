@@ -218,12 +218,19 @@ def train_evaluator(
     """
     if epochs < 1:
         raise UserError(f"epochs must be at least 1, got {epochs}")
-    device = torch.device(device)
+    from ..training import resolve_device  # here: training imports this package
+
+    device = resolve_device(str(device))
     out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise UserError(f"the evaluator's weights are a safetensors file: {out_path} must end in .safetensors")
     try:  # before training, not after: a bad --out should not cost ten minutes
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        probe = out_path.with_name(f".{out_path.name}.write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as error:
-        raise UserError(f"cannot create the folder for {out_path} ({error.strerror}); choose another output path") from None
+        raise UserError(f"cannot write {out_path} ({error.strerror}); choose another output path") from None
     train, test = load_mnist("train", data_dir), load_mnist("test", data_dir)
     train_images = to_unit_range(train.images[:limit]).to(device)  # (60000, 1, 28, 28) in [-1, 1]
     train_labels = train.labels[:limit].to(device)
