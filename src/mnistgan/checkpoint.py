@@ -4,10 +4,15 @@ A training checkpoint (``checkpoints/last.pt``) holds everything needed to conti
 config, network and optimizer states, RNG states, position in the epoch and the partial epoch's
 statistics. ``generator.safetensors`` holds only the generator's weights (the EMA copy when
 training keeps one) with the config in its metadata, so it can be shared and loaded alone.
+
+Neither format checks its own tensor bytes: a few damaged bytes inside a tensor load silently and
+surface later as NaN losses or NaN images. So each file carries a SHA-256 digest of its contents,
+written with it and checked on load (files from before the digest load unchecked).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -21,24 +26,83 @@ from .errors import UserError
 from .files import write_atomically
 
 FORMAT_VERSION = 1
+CHECKPOINT_DIGEST_KEY = "content_sha256"  # in a training checkpoint's state: digest of everything else in it
+GENERATOR_DIGEST_KEY = "weights_sha256"  # in a generator file's metadata: digest of its tensors
+
+
+def content_digest(value) -> str:
+    """SHA-256 (hex) of a nested state: every tensor's dtype, shape and bytes, every plain value, every key.
+
+    Dict entries are taken in sorted key order, so the digest does not depend on insertion order.
+    Tensors are hashed from a contiguous CPU copy (the state itself is left where it is). Values of
+    other types (none are expected in a ``weights_only`` checkpoint) count by type name alone.
+    """
+    hasher = hashlib.sha256()
+    _hash_into(hasher, value)
+    return hasher.hexdigest()
+
+
+def _hash_into(hasher, value) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)  # reshape: a 0-d tensor cannot change its dtype
+        hasher.update(f"tensor {value.dtype} {tuple(value.shape)}\n".encode())
+        hasher.update(tensor.view(torch.uint8).numpy())  # raw bytes; bf16 has no numpy dtype, uint8 does
+    elif isinstance(value, dict):
+        hasher.update(f"dict {len(value)}\n".encode())
+        for key in sorted(value, key=lambda key: (type(key).__name__, repr(key))):  # keys mix str and int (optimizer state)
+            hasher.update(f"key {type(key).__name__} {key!r}\n".encode())
+            _hash_into(hasher, value[key])
+    elif isinstance(value, (list, tuple)):
+        hasher.update(f"{type(value).__name__} {len(value)}\n".encode())
+        for item in value:
+            _hash_into(hasher, item)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes, torch.dtype)):
+        hasher.update(f"value {type(value).__name__} {value!r}\n".encode())
+    else:
+        hasher.update(f"other {type(value).__name__}\n".encode())
+
+
+def _first_line(error: Exception, limit: int = 120) -> str:
+    """An exception's first message line, trimmed: enough to tell a truncated zip from a foreign pickle."""
+    lines = str(error).strip().splitlines()
+    line = lines[0].strip() if lines else type(error).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _require_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a checkpoint file (.pt or .safetensors)")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write a training checkpoint (temp file, fsync, rename)."""
-    write_atomically(path, lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp), durable=True)
+    """Write a training checkpoint (temp file, fsync, rename) with the digest of its contents."""
+    state = {"format": FORMAT_VERSION, **state}
+    state[CHECKPOINT_DIGEST_KEY] = content_digest(state)
+    write_atomically(path, lambda tmp: torch.save(state, tmp), durable=True)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a training checkpoint with ``weights_only=True``: tensors and plain data only, no code."""
+    """Read a training checkpoint with ``weights_only=True``: tensors and plain data only, no code.
+
+    The contents are checked against the digest written with them (checkpoints written before the
+    digest existed have none and load unchecked); the digest is not part of the returned state.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+    _require_file(path, "checkpoint")
     try:
         with warnings.catch_warnings():  # a foreign file's pickle protocol warning is noise: it fails cleanly below
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # truncated zip, foreign pickle, not a checkpoint at all
-        raise UserError(f"{path} is not a readable mnistgan checkpoint ({type(error).__name__}); pick another file") from None
+    except Exception as error:  # truncated or damaged zip, foreign pickle, not a checkpoint at all
+        raise UserError(f"{path} is damaged or not a readable mnistgan checkpoint ({_first_line(error)}); "
+                        "restore it from a copy or give another file") from None
+    if isinstance(state, dict) and CHECKPOINT_DIGEST_KEY in state:
+        written = state.pop(CHECKPOINT_DIGEST_KEY)
+        if written != content_digest(state):
+            raise UserError(f"{path} is damaged: its contents do not match the digest written with it; "
+                            "restore it from a copy or start a new run")
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "config" not in state:
         raise UserError(f"{path} is not an mnistgan checkpoint (format {FORMAT_VERSION} expected)")
     return state
@@ -55,17 +119,19 @@ def load_weights(network: nn.Module, weights: dict, source: Path | str) -> None:
 
 
 def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_kind: str) -> None:
-    """The generator's weights as safetensors, with the config and which weights (raw or EMA) in the metadata."""
+    """The generator's weights as safetensors, with the config, which weights (raw or EMA) and their digest in the metadata."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
-    metadata = {"format": "mnistgan-generator", "config": json.dumps(config_dict), "weights": weights_kind}
+    metadata = {"format": "mnistgan-generator", "config": json.dumps(config_dict), "weights": weights_kind,
+                GENERATOR_DIGEST_KEY: content_digest(tensors)}
     write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
 
 
 def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config dict, weights) of a ``generator.safetensors`` file."""
+    """(config dict, weights) of a ``generator.safetensors`` file, checked against its digest when it has one."""
     from safetensors import safe_open
 
     path = Path(path)
+    _require_file(path, "generator file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -74,4 +140,8 @@ def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise UserError(f"{path} is not a readable safetensors file ({error})") from None
     if metadata.get("format") != "mnistgan-generator":
         raise UserError(f"{path} is not an mnistgan generator file (no mnistgan metadata)")
+    written = metadata.get(GENERATOR_DIGEST_KEY)
+    if written is not None and written != content_digest(weights):
+        raise UserError(f"{path} is damaged: its weights do not match the digest written with them; "
+                        "re-export it from its run (mnistgan train --resume RUN_DIR rewrites it) or use the run's checkpoints/last.pt")
     return json.loads(metadata["config"]), weights

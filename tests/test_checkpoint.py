@@ -1,0 +1,151 @@
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mnistgan.checkpoint import (CHECKPOINT_DIGEST_KEY, FORMAT_VERSION, content_digest, load_checkpoint,
+                                 read_generator_file, save_checkpoint, save_generator)
+from mnistgan.errors import UserError
+
+MARKER = 0.123456789  # every weight of the tiny network: its bytes repeat in the file, easy to find
+
+
+def tiny_network():
+    network = nn.Linear(8, 4)
+    nn.init.constant_(network.weight, MARKER)
+    nn.init.zeros_(network.bias)
+    return network
+
+
+def training_state():
+    """A checkpoint state shaped like training's: weights, optimizer state (int keys), RNG bytes, plain values."""
+    torch.manual_seed(0)
+    network = tiny_network()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    network(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        nn.init.constant_(network.weight, MARKER)  # the step moved them; put the marker back
+    stats = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    return {
+        "config": {"model": {"widths": [4, 8]}, "train": {"seed": 0}},
+        "epoch": 3, "step_in_epoch": 0,
+        "generator": network.state_dict(), "ema": None,
+        "g_optimizer": optimizer.state_dict(),
+        "partial_stats": stats.t(),  # non-contiguous
+        "half": torch.linspace(-1, 1, 5, dtype=torch.bfloat16),  # no numpy dtype
+        "rng": {"cpu": torch.get_rng_state(), "cuda": None},
+        "best_fd": 12.5, "trained_seconds": 0.25,
+    }
+
+
+def assert_same(first, second):
+    if isinstance(first, torch.Tensor):
+        assert isinstance(second, torch.Tensor) and first.dtype == second.dtype and torch.equal(first, second)
+    elif isinstance(first, dict):
+        assert first.keys() == second.keys()
+        for key in first:
+            assert_same(first[key], second[key])
+    elif isinstance(first, (list, tuple)):
+        assert len(first) == len(second)
+        for one, other in zip(first, second):
+            assert_same(one, other)
+    else:
+        assert first == second
+
+
+def damage_marker(path, count=4):
+    """Change a few bytes in the middle of the marker weights, where neither file format looks."""
+    data = bytearray(path.read_bytes())
+    run = struct.pack("<f", MARKER) * 8
+    start = data.find(run)
+    assert start >= 0, "marker weights not found in the file"
+    middle = start + len(run) // 2
+    data[middle:middle + count] = bytes(byte ^ 0xFF for byte in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_round_trip_carries_a_digest_and_returns_the_same_contents(tmp_path):
+    state = training_state()
+    save_checkpoint(state, tmp_path / "last.pt")
+    raw = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert raw[CHECKPOINT_DIGEST_KEY] == content_digest({"format": FORMAT_VERSION, **state})
+    loaded = load_checkpoint(tmp_path / "last.pt")
+    assert CHECKPOINT_DIGEST_KEY not in loaded
+    assert_same({"format": FORMAT_VERSION, **state}, loaded)
+
+
+def test_the_digest_sees_dtype_shape_and_bytes_but_not_layout_or_key_order():
+    tensor = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert content_digest(tensor.t()) == content_digest(tensor.t().contiguous())
+    assert content_digest({"a": 1, "b": tensor}) == content_digest({"b": tensor, "a": 1})
+    assert content_digest(tensor) != content_digest(tensor.reshape(4, 3))
+    assert content_digest(tensor) != content_digest(tensor.double())
+    changed = tensor.clone()
+    changed[1, 2] = 100
+    assert content_digest(tensor) != content_digest(changed)
+
+
+def refusal_of_damaged(load, path):
+    """Damage the marker bytes in ``path``; return the one-line error ``load(path)`` then raises."""
+    damage_marker(path)
+    with pytest.raises(UserError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert str(path) in message and "damaged" in message and "\n" not in message
+    return message
+
+
+def test_a_checkpoint_damaged_inside_a_tensor_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(training_state(), path)
+    assert "restore it from a copy or start a new run" in refusal_of_damaged(load_checkpoint, path)
+
+
+def test_a_generator_file_damaged_inside_a_tensor_is_refused(tmp_path):
+    path = tmp_path / "generator.safetensors"
+    save_generator(tiny_network(), {"model": {}}, path, "raw")
+    config, weights = read_generator_file(path)
+    assert config == {"model": {}} and torch.equal(weights["weight"], torch.full((4, 8), MARKER))
+    assert "re-export it" in refusal_of_damaged(read_generator_file, path)
+
+
+def test_files_written_before_the_digest_still_load(tmp_path):
+    state = training_state()
+    torch.save({"format": FORMAT_VERSION, **state}, tmp_path / "old.pt")  # as save_checkpoint wrote them before
+    save_checkpoint(state, tmp_path / "new.pt")
+    assert CHECKPOINT_DIGEST_KEY not in torch.load(tmp_path / "old.pt", weights_only=True)
+    assert CHECKPOINT_DIGEST_KEY in torch.load(tmp_path / "new.pt", weights_only=True)
+    assert_same(load_checkpoint(tmp_path / "old.pt"), load_checkpoint(tmp_path / "new.pt"))
+
+    tensors = {name: tensor.detach() for name, tensor in tiny_network().state_dict().items()}
+    metadata = {"format": "mnistgan-generator", "config": json.dumps({"model": {}}), "weights": "raw"}
+    save_file(tensors, tmp_path / "old.safetensors", metadata=metadata)
+    save_generator(tiny_network(), {"model": {}}, tmp_path / "new.safetensors", "raw")
+    old_config, old_weights = read_generator_file(tmp_path / "old.safetensors")
+    new_config, new_weights = read_generator_file(tmp_path / "new.safetensors")
+    assert old_config == new_config
+    assert_same(old_weights, new_weights)
+
+
+def test_an_unreadable_checkpoint_says_damaged_and_why(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(bogus)
+    message = str(caught.value)
+    assert str(bogus) in message and "damaged or not a readable mnistgan checkpoint" in message
+    assert "restore it from a copy or give another file" in message and "pick another file" not in message
+    detail = message[message.index("(") + 1:message.rindex(")")]
+    assert detail and len(detail) <= 120 and "\n" not in message
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    for read in (load_checkpoint, read_generator_file):
+        with pytest.raises(UserError, match="is a directory; give a checkpoint file"):
+            read(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
