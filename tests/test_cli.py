@@ -85,6 +85,7 @@ def test_presets_lists_all_five(capsys):
     (["train", "--preset", "mlp-gan", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist is not a folder"),
     (["train-evaluator", "--out", "evaluator.txt"], "must end in .safetensors"),
     (["train-evaluator", "--device", "tpu"], "unknown device 'tpu'"),
+    (["sample", "--checkpoint", "/", "--out", "x.png"], "/ is a directory; give a checkpoint file"),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, message):
     assert message in one_error_line(capsys, argv)
@@ -147,6 +148,11 @@ def test_a_file_that_is_not_a_checkpoint(capsys, tmp_path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"\x80\x04not a checkpoint")
     assert "not a readable mnistgan checkpoint" in one_error_line(capsys, ["sample", "--checkpoint", str(bogus), "--out", str(tmp_path / "x.png")])
+
+
+def test_too_many_samples_for_memory_is_one_line(capsys, trained_run, tmp_path):
+    line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--n", str(10**10), "--out", str(tmp_path / "s.npy")])
+    assert "out of memory" in line and "--n" in line
 
 
 def test_digit_needs_a_conditional_run(capsys, trained_run, tmp_path):

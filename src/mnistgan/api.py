@@ -24,7 +24,7 @@ from .errors import UserError
 from .files import write_text_atomically
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
-from .rundir import new_run_dir, require_run_dir
+from .rundir import RunPaths, new_run_dir, require_run_dir
 from .training import CONDITIONAL_GRID_COLUMNS, generate
 from .training import train as run_training
 
@@ -71,7 +71,8 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
             raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
         paths = require_run_dir(Path(resume))
         if not paths.last_checkpoint.is_file():
-            raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing)")
+            raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing: the run stopped "
+                            "before its first one); delete the folder and train again, or train into another --out")
         config = load_toml(paths.config, stored=True)
         changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
         config = config.replace(changes)  # written to config.toml once the resume has started
@@ -83,6 +84,9 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
         raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
     out_path = Path(out) if out is not None else new_run_dir(Path("runs"), preset or DEFAULT_PRESET)
     if (out_path / "config.toml").exists():
+        if not RunPaths(out_path).last_checkpoint.is_file():
+            raise UserError(f"{out_path} holds a run that stopped before its first checkpoint; delete the folder to train "
+                            "there again, or choose another --out")
         raise UserError(f"{out_path} already holds a run; continue it with --resume {out_path} or choose another --out")
     run_training(config, out_path, data_dir=data_dir, progress=progress)
     return Run(out_path)
@@ -123,6 +127,8 @@ class Run:
             raise UserError("give a run directory or a checkpoint file")
         self.paths = require_run_dir(Path(run_dir)) if run_dir is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None and self.checkpoint.is_dir():
+            raise UserError(f"{self.checkpoint} is a directory; give a checkpoint file (.pt or .safetensors), or the run with --run")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint {self.checkpoint} does not exist")
         self.config = load_toml(self.paths.config, stored=True) if self.paths else None

@@ -124,11 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"mnistgan: {getattr(interrupt, 'message', 'interrupted')}", file=sys.stderr)
         return getattr(interrupt, "exit_status", 130)
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not _out_of_memory(error):
+            raise
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"mnistgan: error: out of memory ({detail[-120:]}); ask for fewer samples (--n) or a smaller --batch-size",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools
         # do. Output still buffered for the closed pipe is sent to /dev/null so exit cannot fail on it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """torch's allocation failures: a RuntimeError on the CPU, torch.OutOfMemoryError (one too) on CUDA."""
+    message = str(error)
+    return "can't allocate memory" in message or "out of memory" in message
 
 
 def _train(args) -> int:
