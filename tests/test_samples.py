@@ -100,6 +100,10 @@ def test_unreadable_files(tmp_path):
     garbage.write_bytes(b"\x93NUMPY but not really")
     with pytest.raises(UserError, match="not a readable .npy"):
         load_samples(garbage)
+    random_bytes = tmp_path / "random.npy"
+    random_bytes.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match="not a .npy file"):
+        load_samples(random_bytes)
     with pytest.raises(UserError, match="not found"):
         load_samples(tmp_path / "missing.npy")
     other = tmp_path / "samples.pt"

@@ -43,6 +43,13 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
 
 def load_npy(path: Path) -> torch.Tensor:
     try:
+        with open(path, "rb") as handle:
+            header = handle.read(6)
+    except OSError as error:
+        raise UserError(f"samples {path} cannot be read ({error.strerror})") from None
+    if header != b"\x93NUMPY":  # numpy itself would call any other file "pickled data"
+        raise UserError(f"samples {path} is not a .npy file (no NumPy header); save the samples with numpy.save")
+    try:
         array = np.load(path, allow_pickle=False)  # never unpickle: a .npy can carry code
     except ValueError as error:
         if "pickle" in str(error):
