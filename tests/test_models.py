@@ -161,11 +161,12 @@ def test_dcgan_feature_orders_are_one_function_up_to_a_weight_permutation(condit
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(400, 1000), (64, 64, 10, 10)])
-def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean(shape, dtype):
+@pytest.mark.parametrize("p, units_per_draw", [(0.3, 4), (0.5, 8)])
+def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean(shape, dtype, p, units_per_draw):
     from mnistgan.models.layers import Dropout
 
-    dropout = Dropout(0.3).train()
-    assert dropout.scale == pytest.approx(1 / 0.7, rel=1e-4)
+    dropout = Dropout(p).train()
+    assert dropout.scale == pytest.approx(1 / (1 - p), rel=1e-4)
     x = torch.ones(shape, dtype=dtype)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -173,11 +174,11 @@ def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean(shape, dtype):
     y = dropout(x)
     assert y.stride() == x.stride()  # the output keeps the input's layout
     kept = y != 0
-    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.003)
-    # Each of the four units that share a 64-bit draw keeps ~70% (the top lane has a bit less).
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.003)
+    # Each of the units that share a 64-bit draw, the top lane's included, keeps a share 1 - p.
     in_memory_order = kept.permute(0, 2, 3, 1) if kept.dim() == 4 else kept
-    lanes = in_memory_order.flatten().view(-1, 4).float().mean(dim=0)
-    torch.testing.assert_close(lanes, torch.full_like(lanes, 0.7), atol=0.006, rtol=0)
+    lanes = in_memory_order.flatten().view(-1, units_per_draw).float().mean(dim=0)
+    torch.testing.assert_close(lanes, torch.full_like(lanes, 1 - p), atol=0.006, rtol=0)
     if x.dim() == 4:  # no two channels share a mask
         assert not torch.equal(kept[:, 0], kept[:, 1])
     torch.testing.assert_close(y[kept].float(), torch.full_like(y[kept], dropout.scale).float())
