@@ -97,6 +97,13 @@ def test_missing_data_directory(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # a run that never started leaves no empty folder
 
 
+def test_a_folder_with_other_files_is_not_a_run_folder(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(tmp_path)] + TINY_ARGS)
+    assert "already has files and holds no run" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_too_large_subset_keeps_an_existing_output_folder(capsys, tmp_path):
     (tmp_path / "r").mkdir()
     line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(tmp_path / "r")] + TINY_ARGS + ["--subset", "70000"])

@@ -88,6 +88,8 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
             raise UserError(f"{out_path} holds a run that stopped before its first checkpoint; delete the folder to train "
                             "there again, or choose another --out")
         raise UserError(f"{out_path} already holds a run; continue it with --resume {out_path} or choose another --out")
+    if out_path.is_dir() and any(out_path.iterdir()):  # a run's files would mix with someone else's
+        raise UserError(f"{out_path} already has files and holds no run; give an empty or new folder as --out")
     run_training(config, out_path, data_dir=data_dir, progress=progress)
     return Run(out_path)
 
