@@ -100,8 +100,34 @@ def test_missing_data_directory(capsys, tmp_path):
 def test_a_folder_with_other_files_is_not_a_run_folder(capsys, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(tmp_path)] + TINY_ARGS)
-    assert "already has files and holds no run" in line
+    assert "already has files (notes.txt) and holds no run" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_hidden_files_do_not_make_a_folder_taken(capsys, tmp_path):
+    (tmp_path / ".gitkeep").write_text("")
+    assert main(["train", "--preset", "mlp-gan", "--epochs", "1", "--out", str(tmp_path)] + TINY_ARGS) == 0
+    assert (tmp_path / "config.toml").is_file()
+
+
+def test_an_output_link_to_nothing_is_one_line(capsys, tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert "is a symbolic link to nothing" in one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(tmp_path / "link")] + TINY_ARGS)
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    # Without --out each run takes the next runs/NNN-name; the folder is made at once, so that a run
+    # starting while another loads its data cannot pick the same number.
+    command = [sys.executable, "-m", "mnistgan", "train", "--preset", "mlp-gan", "--epochs", "1", *TINY_ARGS]
+    processes = [subprocess.Popen(command + ["--seed", str(seed)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for seed in (1, 2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert folders == ["001-mlp-gan", "002-mlp-gan"]
+    seeds = sorted((tmp_path / "runs" / folder / "config.toml").read_text().split("seed = ")[1].split()[0] for folder in folders)
+    assert seeds == ["1", "2"]
 
 
 def test_too_large_subset_keeps_an_existing_output_folder(capsys, tmp_path):
@@ -182,6 +208,19 @@ def test_sigterm_checkpoints_and_exits_with_its_own_status(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "checkpoint saved" in stderr and "Traceback" not in stderr
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_training_into_a_closed_pipe_checkpoints_and_stops(tmp_path):
+    # `mnistgan train ... | head -1`: the epoch lines fill the pipe's buffer after the reader has gone.
+    process = subprocess.Popen([sys.executable, "-m", "mnistgan", "train", "--preset", "mlp-gan", "--epochs", "100000",
+                                "--out", str(tmp_path / "run"), *TINY_ARGS, "--set=train.sample_every=1000",
+                                "--set=train.checkpoint_every=1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141, stderr
+    assert "checkpoint saved. Resume with" in stderr and "Traceback" not in stderr
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 

@@ -24,7 +24,8 @@ from .errors import UserError
 from .files import write_text_atomically
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
-from .rundir import RunPaths, new_run_dir, require_run_dir
+from .distributed import is_main_process
+from .rundir import claim_run_dir, new_run_dir, remove_if_empty, require_run_dir
 from .training import CONDITIONAL_GRID_COLUMNS, generate
 from .training import train as run_training
 
@@ -71,8 +72,9 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
             raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
         paths = require_run_dir(Path(resume))
         if not paths.last_checkpoint.is_file():
-            raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing: the run stopped "
-                            "before its first one); delete the folder and train again, or train into another --out")
+            raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing: the run is still "
+                            "in its first epochs or stopped before its first one); if it is not running, delete the folder "
+                            "and train again, or train into another --out")
         config = load_toml(paths.config, stored=True)
         changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
         config = config.replace(changes)  # written to config.toml once the resume has started
@@ -80,17 +82,17 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
         return Run(paths.root)
     config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                             subset=subset, conditional=conditional, eval_every=eval_every)
-    if out is not None and not str(out).strip():
-        raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
-    out_path = Path(out) if out is not None else new_run_dir(Path("runs"), preset or DEFAULT_PRESET)
-    if (out_path / "config.toml").exists():
-        if not RunPaths(out_path).last_checkpoint.is_file():
-            raise UserError(f"{out_path} holds a run that stopped before its first checkpoint; delete the folder to train "
-                            "there again, or choose another --out")
-        raise UserError(f"{out_path} already holds a run; continue it with --resume {out_path} or choose another --out")
-    if out_path.is_dir() and any(out_path.iterdir()):  # a run's files would mix with someone else's
-        raise UserError(f"{out_path} already has files and holds no run; give an empty or new folder as --out")
-    run_training(config, out_path, data_dir=data_dir, progress=progress)
+    name = preset or DEFAULT_PRESET
+    if is_main_process():
+        out_path, made_here = claim_run_dir(out, Path("runs"), name)
+    else:  # under torchrun only the first process writes: the others neither check nor make the folder
+        out_path, made_here = (Path(out) if out is not None else new_run_dir(Path("runs"), name)), False
+    try:
+        run_training(config, out_path, data_dir=data_dir, progress=progress)
+    except BaseException:
+        if made_here:
+            remove_if_empty(out_path)  # a run that failed or was stopped before it started leaves no empty folder
+        raise
     return Run(out_path)
 
 

@@ -17,6 +17,11 @@ import torch
 import torch.distributed as dist
 
 
+def is_main_process() -> bool:
+    """Whether this process writes files: the only one, or rank 0 of those torchrun started."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass(frozen=True)
 class Distributed:
     rank: int = 0

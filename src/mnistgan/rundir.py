@@ -76,11 +76,60 @@ def new_run_dir(base: Path, name: str) -> Path:
     return base / f"{max(numbers, default=0) + 1:03d}-{name}"
 
 
-def check_output_dir(path: Path) -> None:
-    """Prove that the run directory can be made (or written, if it exists), or fail with one clear line.
+def claim_run_dir(out: str | Path | None, base: Path, name: str) -> tuple[Path, bool]:
+    """The folder a new run trains into, made by this call when it did not exist: (path, made here).
 
-    Nothing is created: a run that stops before it starts (bad data, Ctrl-C) leaves no empty folder.
+    ``out`` None: the next ``base/NNN-name``. The folder is made at once and exclusively, so that two
+    runs started together cannot share one; an existing folder is taken only if it holds no files.
     """
+    if out is None:
+        while True:  # another run may take a number between the look and the making
+            path = new_run_dir(base, name)
+            try:
+                path.mkdir(parents=True)
+                return path, True
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise UserError(f"cannot make the run folder {path} ({error.strerror}); choose one with --out") from None
+    if not str(out).strip():
+        raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
+    path = Path(out)
+    if (path / "config.toml").exists():
+        if not (path / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its first "
+                            "checkpoint); if it is not running, delete the folder to train there again, or choose another --out")
+        raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"--out {path} is a symbolic link to nothing; give a folder")
+    if path.is_dir():
+        try:
+            visible = [entry.name for entry in path.iterdir() if not entry.name.startswith(".")]
+        except OSError as error:
+            raise UserError(f"cannot read the output directory {path} ({error.strerror}); choose another with --out") from None
+        if visible:  # a run's files would mix with someone else's
+            raise UserError(f"{path} already has files ({', '.join(sorted(visible)[:3])}) and holds no run; "
+                            "give an empty or new folder as --out")
+        return path, False
+    try:
+        path.mkdir(parents=True)
+        return path, True
+    except FileExistsError:
+        raise UserError(f"{path} appeared while this run started (another run?) or is a file; choose another --out") from None
+    except OSError as error:
+        raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
+
+
+def remove_if_empty(path: Path) -> None:
+    """Remove a run folder that a run which never started made (it holds nothing)."""
+    try:
+        path.rmdir()
+    except OSError:  # not empty (the run had started), or already gone
+        pass
+
+
+def check_output_dir(path: Path) -> None:
+    """Prove that the run directory can be made (or written, if it exists), or fail with one clear line."""
     existing = Path(path)
     while not existing.exists():  # the nearest folder that exists: the run's folders go there
         existing = existing.parent
