@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -123,19 +124,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"mnistgan: {getattr(interrupt, 'message', 'interrupted')}", file=sys.stderr)
-        return getattr(interrupt, "exit_status", 130)
+        status = getattr(interrupt, "exit_status", 130)
+        if status == 141:  # training stopped because its output pipe closed
+            _discard_stdout()
+        return status
     except (MemoryError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and not _out_of_memory(error):
             raise
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"mnistgan: error: out of memory ({detail[-120:]}); ask for fewer samples (--n) or a smaller --batch-size",
-              file=sys.stderr)
+        asked = re.search(r"tried to allocate [^.(]*\w", str(error), re.IGNORECASE)
+        remedy = "a smaller --batch-size" if args.command == "train" else "fewer samples (--n)"
+        print(f"mnistgan: error: out of memory{f' ({asked.group(0)})' if asked else ''}; ask for {remedy}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools
-        # do. Output still buffered for the closed pipe is sent to /dev/null so exit cannot fail on it.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools do.
+        _discard_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+
+
+def _discard_stdout() -> None:
+    """Send what is still buffered for a closed stdout to /dev/null, so that exit cannot fail on it."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _out_of_memory(error: RuntimeError) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import signal
 import sys
 import threading
@@ -476,17 +477,21 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         best_fd, trained_seconds = state.get("best_fd", math.inf), state.get("trained_seconds", 0.0)
         if step_in_epoch:
             step.stats[:step_in_epoch] = state["partial_stats"].to(device)
-        torch.set_rng_state(state["rng"]["cpu"])
+        # RNG states are CPU byte tensors whatever the map_location moved them to.
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
         if main_process:
             _truncate_csv(paths.losses, completed_epochs)
             _truncate_csv(paths.metrics_csv, completed_epochs)
             _remove_stale_temporaries(paths)
             write_text_atomically(paths.config, config.to_toml())  # the new --epochs / --device, now that it resumes
     elif main_process:
-        paths.samples.mkdir(parents=True, exist_ok=True)  # the run's folder appears here, as the run starts
-        write_text_atomically(paths.config, config.to_toml())
+        try:
+            paths.samples.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(paths.config, config.to_toml())
+        except OSError as error:
+            raise UserError(f"cannot write to the output directory {paths.root} ({error.strerror}); choose another with --out") from None
 
     def checkpoint_state() -> dict:
         return {
@@ -604,7 +609,10 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
                     write_outputs(final=last_epoch)
             if epoch < train_config.epochs and stop_requested(None):
                 raise _Stop()
-    except _Stop:
+    except (_Stop, BrokenPipeError) as stopped:
+        # Ctrl-C / SIGTERM, or the output pipe closed (`mnistgan train ... | head`): checkpoint, then stop.
+        if isinstance(stopped, BrokenPipeError):
+            stop_signals.insert(0, signal.SIGPIPE)
         if main_process:
             save_checkpoint(checkpoint_state(), paths.last_checkpoint)
             prepare_sampler()
@@ -647,11 +655,18 @@ def _append_losses(path: Path, epoch_stats: torch.Tensor, epoch: int, steps_per_
             writer.writerow([first_step + end, epoch] + [f"{value:.6g}" for value in chunk])
 
 
+# What training writes atomically, as its temporaries are named (``files.write_atomically``).
+_TRAINING_TEMPORARY = re.compile(r"\.(config\.toml|loss_curves\.png|metric_curves\.png|progress\.gif|generator\.safetensors"
+                                 r"|last\.pt|best\.pt|image_at_epoch_\d+\.png)\.[0-9a-f]{12}\.tmp")
+
+
 def _remove_stale_temporaries(paths: RunPaths) -> None:
-    """Temporary files of atomic writes that a killed process left behind (``.NAME.HEX.tmp``)."""
+    """Temporaries of training's own writes that a killed run left behind; another command's (say, an
+    ``evaluate`` writing metrics.json beside a resuming run) are left to it."""
     for folder in (paths.root, paths.samples, paths.checkpoints):
         for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
-            temporary.unlink(missing_ok=True)
+            if _TRAINING_TEMPORARY.fullmatch(temporary.name):
+                temporary.unlink(missing_ok=True)
 
 
 def _truncate_csv(path: Path, completed_epochs: int) -> None:
