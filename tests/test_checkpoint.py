@@ -110,7 +110,7 @@ def test_a_generator_file_damaged_inside_a_tensor_is_refused(tmp_path):
     save_generator(tiny_network(), {"model": {}}, path, "raw")
     config, weights = read_generator_file(path)
     assert config == {"model": {}} and torch.equal(weights["weight"], torch.full((4, 8), MARKER))
-    assert "re-export it" in refusal_of_damaged(read_generator_file, path)
+    assert "writes it again" in refusal_of_damaged(read_generator_file, path)
 
 
 def test_files_written_before_the_digest_still_load(tmp_path):

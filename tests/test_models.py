@@ -186,3 +186,11 @@ def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean(shape, dtype, p, units_p
     y.sum().backward()
     torch.testing.assert_close(x.grad.float(), kept.float() * torch.tensor(dropout.scale, dtype=dtype).float())
     assert torch.equal(dropout.eval()(x), x)
+
+
+def test_cpu_dropout_takes_whole_number_probabilities():
+    from mnistgan.models.layers import Dropout
+
+    x = torch.ones(8, 16)
+    assert torch.equal(Dropout(0).train()(x), x)
+    assert torch.equal(Dropout(1).train()(x), torch.zeros_like(x))

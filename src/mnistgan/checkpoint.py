@@ -143,5 +143,5 @@ def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     written = metadata.get(GENERATOR_DIGEST_KEY)
     if written is not None and written != content_digest(weights):
         raise UserError(f"{path} is damaged: its weights do not match the digest written with them; "
-                        "re-export it from its run (mnistgan train --resume RUN_DIR rewrites it) or use the run's checkpoints/last.pt")
+                        "a finished run's `mnistgan train --resume RUN_DIR` writes it again, or sample from the run's checkpoints/last.pt")
     return json.loads(metadata["config"]), weights

@@ -27,7 +27,8 @@ class Dropout(nn.Dropout):
     each reading its own lane: 8-bit lanes (eight units a draw) when p is a multiple of 1/256, such
     as 0.5, and 16-bit lanes (four) otherwise. A unit keeps with probability 1 - t / 2^bits, t =
     round(p * 2^bits) (0.3 -> 0.699997; 0.5 exactly), and is scaled by that probability's inverse,
-    so the expectation is exact. The mask follows the input's memory layout (channels-last
+    so the expectation is exact. p is thus taken to the nearest 1/65536 (the config allows p up to
+    0.95): below 2^-17 nothing is dropped. The mask follows the input's memory layout (channels-last
     included). Forward and backward of a 256 x 64 x 14 x 14 activation on 2 cores, p = 0.3: 12.2 ms
     in fp32 and 8.7 ms in bf16, against 26.4 and 26.2 ms with one uniform draw per unit and 36 and
     41 ms with the native Bernoulli mask; p = 0.5 (eight units a draw) takes 10-20% less than 0.3.
@@ -37,7 +38,7 @@ class Dropout(nn.Dropout):
 
     def __init__(self, p: float = 0.5):
         super().__init__(p)
-        self.lane_dtype = torch.uint8 if (p * 256).is_integer() else torch.int16
+        self.lane_dtype = torch.uint8 if float(p * 256).is_integer() else torch.int16
         levels = 1 << (8 * self.lane_dtype.itemsize)
         self.threshold = round(p * levels)
         self.scale = levels / (levels - self.threshold) if self.threshold < levels else 0.0
