@@ -88,12 +88,12 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
     else:  # under torchrun only the first process writes: the others neither check nor make the folder
         out_path, made_here = (Path(out) if out is not None else new_run_dir(Path("runs"), name)), False
     try:
-        run_training(config, out_path, data_dir=data_dir, progress=progress)
+        paths = run_training(config, out_path, data_dir=data_dir, progress=progress)
     except BaseException:
         if made_here:
             remove_if_empty(out_path)  # a run that failed or was stopped before it started leaves no empty folder
         raise
-    return Run(out_path)
+    return Run(paths.root)  # under torchrun, the folder the first process chose
 
 
 def evaluate_samples(path: str | Path, device: str = "auto") -> dict:

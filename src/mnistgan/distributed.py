@@ -47,6 +47,14 @@ class Distributed:
             dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
+    def broadcast_object(self, value):
+        """Rank 0's ``value`` on every rank (a picklable object; the current CUDA device must be set)."""
+        if not self.enabled:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

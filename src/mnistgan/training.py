@@ -435,6 +435,8 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     configure_backends(device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
+    paths = RunPaths(Path(distributed.broadcast_object(str(paths.root))))
     if not resume and main_process:
         check_output_dir(paths.root)  # fail before the data is loaded, not after
 
