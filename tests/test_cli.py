@@ -150,7 +150,7 @@ def test_unwritable_output_directory(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     line = one_error_line(capsys, ["train", "--preset", "mlp-gan", "--out", str(blocker / "run")] + TINY_ARGS)
-    assert "cannot write to the output directory" in line
+    assert f"{blocker} is a file; choose another --out" in line
 
 
 def test_resume_from_a_directory_that_is_not_a_run(capsys, tmp_path):

@@ -25,7 +25,7 @@ from .files import write_text_atomically
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
 from .distributed import is_main_process
-from .rundir import claim_run_dir, new_run_dir, remove_if_empty, require_run_dir
+from .rundir import RunDirClaim, require_run_dir
 from .training import CONDITIONAL_GRID_COLUMNS, generate
 from .training import train as run_training
 
@@ -83,17 +83,16 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
     config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                             subset=subset, conditional=conditional, eval_every=eval_every)
     name = preset or DEFAULT_PRESET
-    if is_main_process():
-        out_path, made_here = claim_run_dir(out, Path("runs"), name)
-    else:  # under torchrun only the first process writes: the others neither check nor make the folder
-        out_path, made_here = (Path(out) if out is not None else new_run_dir(Path("runs"), name)), False
+    if not is_main_process():  # under torchrun only the first process writes; the others train into its folder
+        paths = run_training(config, Path(out) if out is not None else Path("runs"), data_dir=data_dir, progress=progress)
+        return Run(paths.root)
+    claim = RunDirClaim(out, Path("runs"), name, config.to_toml())
     try:
-        paths = run_training(config, out_path, data_dir=data_dir, progress=progress)
+        paths = run_training(config, claim.path, data_dir=data_dir, progress=progress)
     except BaseException:
-        if made_here:
-            remove_if_empty(out_path)  # a run that failed or was stopped before it started leaves no empty folder
+        claim.release()  # a run that failed or was stopped before it started leaves nothing behind
         raise
-    return Run(paths.root)  # under torchrun, the folder the first process chose
+    return Run(paths.root)
 
 
 def evaluate_samples(path: str | Path, device: str = "auto") -> dict:

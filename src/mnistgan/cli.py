@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import UserError
@@ -115,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # SIGTERM before training installs its own handler (loading data, say) unwinds like Ctrl-C, so
+    # that a run which never started takes its folder back.
+    in_main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
+    previous_handler = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # so that a closed pipe shows up here, not as an error at exit
@@ -139,6 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools do.
         _discard_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
+
+
+class _Terminated(KeyboardInterrupt):
+    message = "terminated"
+    exit_status = 128 + signal.SIGTERM
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _discard_stdout() -> None:

@@ -76,33 +76,43 @@ def new_run_dir(base: Path, name: str) -> Path:
     return base / f"{max(numbers, default=0) + 1:03d}-{name}"
 
 
-def claim_run_dir(out: str | Path | None, base: Path, name: str) -> tuple[Path, bool]:
-    """The folder a new run trains into, made by this call when it did not exist: (path, made here).
+class RunDirClaim:
+    """A new run's folder, taken by one process before the run starts: made if missing, and its
+    ``config.toml`` created exclusively, so that two runs started together never share a folder.
 
-    ``out`` None: the next ``base/NNN-name``. The folder is made at once and exclusively, so that two
-    runs started together cannot share one; an existing folder is taken only if it holds no files.
+    If the run never starts (bad data, Ctrl-C during set-up), ``release()`` takes back what the claim
+    made: the config and the folders, deepest first, when they are still empty.
     """
-    if out is None:
-        while True:  # another run may take a number between the look and the making
+
+    def __init__(self, out: str | Path | None, base: Path, name: str, config_text: str):
+        self.made: list[Path] = []  # folders made here, outermost first
+        self.path = self._take_numbered(Path(base), name, config_text) if out is None else self._take(out, config_text)
+
+    def _take_numbered(self, base: Path, name: str, config_text: str) -> Path:
+        self._make_folders(base, "--out")
+        for _ in range(1000):  # another run may take a number between the look and the making
             path = new_run_dir(base, name)
             try:
-                path.mkdir(parents=True)
-                return path, True
+                path.mkdir()
             except FileExistsError:
                 continue
             except OSError as error:
                 raise UserError(f"cannot make the run folder {path} ({error.strerror}); choose one with --out") from None
-    if not str(out).strip():
-        raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
-    path = Path(out)
-    if (path / "config.toml").exists():
-        if not (path / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its first "
-                            "checkpoint); if it is not running, delete the folder to train there again, or choose another --out")
-        raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
-    if path.is_symlink() and not path.exists():
-        raise UserError(f"--out {path} is a symbolic link to nothing; give a folder")
-    if path.is_dir():
+            self.made.append(path)
+            self._create_config(path, config_text)
+            return path
+        raise UserError(f"found no free run folder under {base} (can it be listed?); choose one with --out")
+
+    def _take(self, out: str | Path, config_text: str) -> Path:
+        if not str(out).strip():
+            raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
+        path = Path(out)
+        if (path / "config.toml").exists():
+            if not (path / "checkpoints" / "last.pt").is_file():
+                raise UserError(f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its "
+                                "first checkpoint); if it is not running, delete the folder to train there again, or choose another --out")
+            raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
+        self._make_folders(path, "--out")
         try:
             visible = [entry.name for entry in path.iterdir() if not entry.name.startswith(".")]
         except OSError as error:
@@ -110,22 +120,47 @@ def claim_run_dir(out: str | Path | None, base: Path, name: str) -> tuple[Path, 
         if visible:  # a run's files would mix with someone else's
             raise UserError(f"{path} already has files ({', '.join(sorted(visible)[:3])}) and holds no run; "
                             "give an empty or new folder as --out")
-        return path, False
-    try:
-        path.mkdir(parents=True)
-        return path, True
-    except FileExistsError:
-        raise UserError(f"{path} appeared while this run started (another run?) or is a file; choose another --out") from None
-    except OSError as error:
-        raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
+        self._create_config(path, config_text)
+        return path
 
+    def _make_folders(self, path: Path, option: str) -> None:
+        missing = []
+        for folder in (path, *path.parents):
+            if folder.is_dir():
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if folder.is_dir():  # made by someone else just now: fine, but not ours to remove
+                    continue
+                kind = "a symbolic link to nothing" if folder.is_symlink() else "a file"
+                raise UserError(f"cannot make {path}: {folder} is {kind}; choose another {option}") from None
+            except OSError as error:
+                raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with {option}") from None
+            self.made.append(folder)
 
-def remove_if_empty(path: Path) -> None:
-    """Remove a run folder that a run which never started made (it holds nothing)."""
-    try:
-        path.rmdir()
-    except OSError:  # not empty (the run had started), or already gone
-        pass
+    def _create_config(self, path: Path, config_text: str) -> None:
+        try:
+            with open(path / "config.toml", "x") as handle:  # "x": fails if another run created it first
+                handle.write(config_text)
+        except FileExistsError:
+            raise UserError(f"another run is starting in {path}; choose another --out") from None
+        except OSError as error:
+            raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
+        self.config = path / "config.toml"
+
+    def release(self) -> None:
+        """Undo the claim of a run that never started (training makes ``samples/`` when it starts)."""
+        if (self.path / "samples").exists():
+            return
+        self.config.unlink(missing_ok=True)
+        for folder in reversed(self.made):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: someone else's files are there now
+                break
 
 
 def check_output_dir(path: Path) -> None:

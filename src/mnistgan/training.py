@@ -426,7 +426,20 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     if distributed.enabled and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
     main_process = distributed.is_main
-    say = log if main_process else (lambda *args, **kwargs: None)
+    stop = threading.Event()  # set by Ctrl-C, SIGTERM or a closed output pipe; training stops at the next check
+    stop_signals: list[int] = []
+    log_closed = []
+
+    def say(*args, **kwargs) -> None:
+        if not main_process or log_closed:
+            return
+        try:
+            log(*args, **kwargs)
+        except BrokenPipeError:  # `mnistgan train ... | head`: the reader left; stop as for Ctrl-C, all ranks together
+            log_closed.append(True)
+            stop_signals.append(signal.SIGPIPE)
+            stop.set()
+
     if progress is None:
         progress = _interactive()
     if perf.threads:
@@ -437,7 +450,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         torch.cuda.set_device(device)
     # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
     paths = RunPaths(Path(distributed.broadcast_object(str(paths.root))))
-    if not resume and main_process:
+    if not resume and main_process and not paths.config.exists():  # (a folder the API claimed has its config)
         check_output_dir(paths.root)  # fail before the data is loaded, not after
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
@@ -523,8 +536,6 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         save_generator(sampler, config.to_dict(), paths.generator, "ema" if ema is not None else "raw")
 
     # -- Ctrl-C / SIGTERM: finish the step, checkpoint, stop -------------------------------------
-    stop = threading.Event()
-    stop_signals: list[int] = []
     previous_handlers = {}
 
     def request_stop(signum, _frame) -> None:
@@ -611,10 +622,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
                     write_outputs(final=last_epoch)
             if epoch < train_config.epochs and stop_requested(None):
                 raise _Stop()
-    except (_Stop, BrokenPipeError) as stopped:
-        # Ctrl-C / SIGTERM, or the output pipe closed (`mnistgan train ... | head`): checkpoint, then stop.
-        if isinstance(stopped, BrokenPipeError):
-            stop_signals.insert(0, signal.SIGPIPE)
+    except _Stop:
         if main_process:
             save_checkpoint(checkpoint_state(), paths.last_checkpoint)
             prepare_sampler()
