@@ -45,6 +45,12 @@ def test_release_keeps_a_run_that_started(tmp_path):
     assert (claim.path / "config.toml").is_file()
 
 
+def test_a_numbered_claim_gives_back_its_folder_but_not_runs(tmp_path):
+    claim = RunDirClaim(None, tmp_path / "runs", "x", "")
+    claim.release()
+    assert (tmp_path / "runs").is_dir() and not any((tmp_path / "runs").iterdir())
+
+
 def test_numbered_folders_count_on(tmp_path):
     paths = [RunDirClaim(None, tmp_path / "runs", "x", "").path.name for _ in range(3)]
     assert paths == ["001-x", "002-x", "003-x"]

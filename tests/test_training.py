@@ -286,3 +286,15 @@ def test_a_run_written_before_feature_order_existed_samples_and_resumes_as_it_tr
     torch.testing.assert_close(mnistgan.load(run.dir).sample(8, seed=3), expected)
     resumed = mnistgan.train(resume=run.dir, epochs=2)
     assert resumed.config.model.feature_order == "chw"
+
+
+def test_a_closed_pipe_anywhere_in_training_still_checkpoints(tmp_path, monkeypatch):
+    # The progress bar's stream, say, rather than the epoch lines (those only ask training to stop).
+    def closed_pipe(*args, **kwargs):
+        raise BrokenPipeError()
+
+    monkeypatch.setattr(train_module, "_append_losses", closed_pipe)
+    with pytest.raises(train_module.TrainingInterrupted) as stopped:
+        mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 3}, out=tmp_path / "run")
+    assert stopped.value.exit_status == 141
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1

@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM before training installs its own handler (loading data, say) unwinds like Ctrl-C, so
     # that a run which never started takes its folder back.
-    in_main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
-    previous_handler = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    # Not under torchrun: its other processes may wait inside the process group, where a Python handler
+    # would only run once they return, and torchrun's SIGTERM must end them at once.
+    handle_term = threading.current_thread() is threading.main_thread() and int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    previous_handler = signal.signal(signal.SIGTERM, _terminated) if handle_term else None
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # so that a closed pipe shows up here, not as an error at exit
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         _discard_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     finally:
-        if in_main_thread:
+        if handle_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
 
 

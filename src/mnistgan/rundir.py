@@ -90,6 +90,7 @@ class RunDirClaim:
 
     def _take_numbered(self, base: Path, name: str, config_text: str) -> Path:
         self._make_folders(base, "--out")
+        self.made.clear()  # runs/ itself stays: another run may be making its folder in it right now
         for _ in range(1000):  # another run may take a number between the look and the making
             path = new_run_dir(base, name)
             try:

@@ -622,7 +622,9 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
                     write_outputs(final=last_epoch)
             if epoch < train_config.epochs and stop_requested(None):
                 raise _Stop()
-    except _Stop:
+    except (_Stop, BrokenPipeError) as stopped:
+        if isinstance(stopped, BrokenPipeError):  # a closed pipe outside `say` (the progress bar's stderr, say)
+            stop_signals.insert(0, signal.SIGPIPE)
         if main_process:
             save_checkpoint(checkpoint_state(), paths.last_checkpoint)
             prepare_sampler()
