@@ -1,5 +1,6 @@
 """The commands as a user types them: outputs, and one clean error line for each bad input."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -222,6 +223,21 @@ def test_training_into_a_closed_pipe_checkpoints_and_stops(tmp_path):
     assert process.wait(timeout=300) == 141, stderr
     assert "checkpoint saved. Resume with" in stderr and "Traceback" not in stderr
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_sigterm_while_the_data_loads_leaves_no_folder(capsys, tmp_path, monkeypatch):
+    import mnistgan.training
+
+    def terminated_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler main() installed
+        raise AssertionError("SIGTERM did not interrupt the start")
+
+    monkeypatch.setattr(mnistgan.training, "load_mnist", terminated_while_loading)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--preset", "mlp-gan", "--out", str(tmp_path / "a" / "run")] + TINY_ARGS) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "mnistgan: terminated"
+    assert not (tmp_path / "a").exists()  # the claimed folders went back
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_output_into_a_closed_pipe_stops_quietly():
