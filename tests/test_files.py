@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from mnistgan.files import write_atomically, write_text_atomically
+from mnistgan.files import temporary_target, write_atomically, write_text_atomically
 
 
 def write_text(text):
@@ -56,3 +56,10 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         write_atomically(target, half_then_crash)
     assert target.read_text() == "old"
     assert os.listdir(target.parent) == ["a.txt"]
+
+
+def test_a_temporary_names_the_file_it_was_to_become(tmp_path):
+    seen = []
+    write_atomically(tmp_path / "last.pt", lambda temp_path: seen.append(os.path.basename(temp_path)) or write_text("x")(temp_path))
+    assert temporary_target(seen[0]) == "last.pt"
+    assert temporary_target("last.pt") is None and temporary_target(".last.pt.tmp") is None

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
+
+
+TEMPORARY_TOKEN_BYTES = 6  # the random part of a temporary's name: .NAME.HEX.tmp
+
+
+def temporary_target(name: str) -> str | None:
+    """The file a temporary of ``write_atomically`` was to become (``.NAME.HEX.tmp`` -> ``NAME``), else None."""
+    match = re.fullmatch(rf"\.(.+)\.[0-9a-f]{{{2 * TEMPORARY_TOKEN_BYTES}}}\.tmp", name)
+    return match.group(1) if match else None
 
 
 def write_atomically(path: Path | str, write, durable: bool = False) -> None:
@@ -18,7 +28,7 @@ def write_atomically(path: Path | str, write, durable: bool = False) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(TEMPORARY_TOKEN_BYTES)}.tmp")
     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     mode = stat.S_IMODE(temp.stat().st_mode)
     try:

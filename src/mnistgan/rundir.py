@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +64,10 @@ class RunPaths:
     def sample_image(self, epoch: int) -> Path:
         return self.samples / f"image_at_epoch_{epoch:04d}.png"
 
+    @staticmethod
+    def is_sample_image(name: str) -> bool:
+        return re.fullmatch(r"image_at_epoch_\d+\.png", name) is not None
+
     def sample_images(self) -> list[Path]:
         return sorted(self.samples.glob("image_at_epoch_*.png"))
 
@@ -89,7 +92,7 @@ class RunDirClaim:
         self.path = self._take_numbered(Path(base), name, config_text) if out is None else self._take(out, config_text)
 
     def _take_numbered(self, base: Path, name: str, config_text: str) -> Path:
-        self._make_folders(base, "--out")
+        self._make_folders(base)
         self.made.clear()  # runs/ itself stays: another run may be making its folder in it right now
         for _ in range(1000):  # another run may take a number between the look and the making
             path = new_run_dir(base, name)
@@ -113,7 +116,7 @@ class RunDirClaim:
                 raise UserError(f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its "
                                 "first checkpoint); if it is not running, delete the folder to train there again, or choose another --out")
             raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
-        self._make_folders(path, "--out")
+        self._make_folders(path)
         try:
             visible = [entry.name for entry in path.iterdir() if not entry.name.startswith(".")]
         except OSError as error:
@@ -124,7 +127,7 @@ class RunDirClaim:
         self._create_config(path, config_text)
         return path
 
-    def _make_folders(self, path: Path, option: str) -> None:
+    def _make_folders(self, path: Path) -> None:
         missing = []
         for folder in (path, *path.parents):
             if folder.is_dir():
@@ -137,9 +140,9 @@ class RunDirClaim:
                 if folder.is_dir():  # made by someone else just now: fine, but not ours to remove
                     continue
                 kind = "a symbolic link to nothing" if folder.is_symlink() else "a file"
-                raise UserError(f"cannot make {path}: {folder} is {kind}; choose another {option}") from None
+                raise UserError(f"cannot make {path}: {folder} is {kind}; choose another --out") from None
             except OSError as error:
-                raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with {option}") from None
+                raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
             self.made.append(folder)
 
     def _create_config(self, path: Path, config_text: str) -> None:
@@ -150,31 +153,17 @@ class RunDirClaim:
             raise UserError(f"another run is starting in {path}; choose another --out") from None
         except OSError as error:
             raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
-        self.config = path / "config.toml"
 
     def release(self) -> None:
         """Undo the claim of a run that never started (training makes ``samples/`` when it starts)."""
         if (self.path / "samples").exists():
             return
-        self.config.unlink(missing_ok=True)
+        (self.path / "config.toml").unlink(missing_ok=True)
         for folder in reversed(self.made):
             try:
                 folder.rmdir()
             except OSError:  # not empty: someone else's files are there now
                 break
-
-
-def check_output_dir(path: Path) -> None:
-    """Prove that the run directory can be made (or written, if it exists), or fail with one clear line."""
-    existing = Path(path)
-    while not existing.exists():  # the nearest folder that exists: the run's folders go there
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot write to the output directory {path}: {existing} is a file; choose another with --out")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()  # what the run will do there: make a folder, write in it
-    except OSError as error:
-        raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
 
 
 def require_run_dir(path: Path) -> RunPaths:

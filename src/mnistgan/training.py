@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import signal
 import sys
 import threading
@@ -28,10 +27,10 @@ from .config import Config
 from .data import load_mnist, to_unit_range
 from .distributed import Distributed
 from .errors import UserError
-from .files import write_text_atomically
+from .files import temporary_target, write_text_atomically
 from .models import build_discriminator, build_generator, sample_latent
 from .plots import image_grid, plot_losses, plot_metrics, read_csv_columns, save_gif, save_image
-from .rundir import RunPaths, check_output_dir
+from .rundir import RunPaths
 
 STAT_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake")
 GRID_SIZE = 16  # fixed-noise samples in the 4x4 grid
@@ -450,8 +449,6 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         torch.cuda.set_device(device)
     # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
     paths = RunPaths(Path(distributed.broadcast_object(str(paths.root))))
-    if not resume and main_process and not paths.config.exists():  # (a folder the API claimed has its config)
-        check_output_dir(paths.root)  # fail before the data is loaded, not after
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
     split = load_mnist("train", data_dir)
@@ -667,17 +664,15 @@ def _append_losses(path: Path, epoch_stats: torch.Tensor, epoch: int, steps_per_
             writer.writerow([first_step + end, epoch] + [f"{value:.6g}" for value in chunk])
 
 
-# What training writes atomically, as its temporaries are named (``files.write_atomically``).
-_TRAINING_TEMPORARY = re.compile(r"\.(config\.toml|loss_curves\.png|metric_curves\.png|progress\.gif|generator\.safetensors"
-                                 r"|last\.pt|best\.pt|image_at_epoch_\d+\.png)\.[0-9a-f]{12}\.tmp")
-
-
 def _remove_stale_temporaries(paths: RunPaths) -> None:
     """Temporaries of training's own writes that a killed run left behind; another command's (say, an
     ``evaluate`` writing metrics.json beside a resuming run) are left to it."""
+    own = {path.name for path in (paths.config, paths.loss_curves, paths.metric_curves, paths.progress_gif, paths.generator,
+                                  paths.last_checkpoint, paths.best_checkpoint)}
     for folder in (paths.root, paths.samples, paths.checkpoints):
         for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
-            if _TRAINING_TEMPORARY.fullmatch(temporary.name):
+            target = temporary_target(temporary.name)
+            if target is not None and (target in own or (folder == paths.samples and paths.is_sample_image(target))):
                 temporary.unlink(missing_ok=True)
 
 
