@@ -212,6 +212,25 @@ def test_sigterm_checkpoints_and_exits_with_its_own_status(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+def test_a_live_run_is_not_trained_in_twice(capsys, tmp_path):
+    # A second `--resume` of a run that is still training would interleave both processes'
+    # checkpoints and losses.csv rows; it is refused for as long as the first one lives.
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "mnistgan", "train", "--preset", "mlp-gan", "--epochs", "100000",
+                                "--out", str(run), *TINY_ARGS, "--set=train.checkpoint_every=1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [process.stdout.readline() for _ in range(3)]  # the start line, epochs 1 and 2
+        assert "epoch    2/100000" in lines[2], lines  # so epoch 1's checkpoint is written
+        line = one_error_line(capsys, ["train", "--resume", str(run), "--no-progress"])
+        assert line == f"mnistgan: error: {run} is training right now in another process; let it finish, or stop it (Ctrl-C) and resume then"
+        assert "is training right now; choose another --out" in one_error_line(capsys, ["train", "--out", str(run)] + TINY_ARGS)
+    finally:
+        process.kill()  # no handler runs: the kernel drops the run's lock
+        process.communicate(timeout=120)
+    assert f"already holds a run; continue it with --resume {run}" in one_error_line(capsys, ["train", "--out", str(run)] + TINY_ARGS)
+
+
 def test_training_into_a_closed_pipe_checkpoints_and_stops(tmp_path):
     # `mnistgan train ... | head -1`: the epoch lines fill the pipe's buffer after the reader has gone.
     process = subprocess.Popen([sys.executable, "-m", "mnistgan", "train", "--preset", "mlp-gan", "--epochs", "100000",

@@ -1,18 +1,23 @@
 """A new run's folder: taken by one run only, and given back whole when the run never starts."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mnistgan.errors import UserError
-from mnistgan.rundir import RunDirClaim
+from mnistgan.rundir import RunDirClaim, RunLock
 
 
 def test_an_empty_folder_is_taken_once(tmp_path):
     (tmp_path / ".gitkeep").write_text("")  # hidden files do not make a folder taken
     claim = RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 1\n")
     assert (tmp_path / "config.toml").read_text() == "a = 1\n"
-    with pytest.raises(UserError, match="holds a run with no checkpoint yet"):
+    with pytest.raises(UserError, match="holds a run that is training right now"):
+        RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
+    claim.close()  # as if the first run had been killed before its first checkpoint
+    with pytest.raises(UserError, match="holds a run that stopped before its first checkpoint; delete the folder"):
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
     claim.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".gitkeep"]  # the folder was there before: it stays
@@ -64,3 +69,45 @@ def test_a_runs_folder_that_is_not_one_is_a_clear_error(tmp_path, make, message)
     make(tmp_path / "runs")
     with pytest.raises(UserError, match=message):
         RunDirClaim(None, tmp_path / "runs", "x", "")
+
+
+def test_a_run_lock_is_held_by_one_holder_at_a_time(tmp_path):
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    assert first.acquire() and first.supported
+    assert not second.acquire()
+    assert RunLock.training_now(tmp_path) is True
+    first.release()
+    assert second.acquire()
+    second.release()
+    assert RunLock.training_now(tmp_path) is False
+
+
+def test_a_run_lock_ends_with_its_process_however_it_ends(tmp_path):
+    # The holder is killed outright (no handler, no cleanup): the kernel drops the lock with it.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mnistgan.rundir import RunLock; "
+                               f"assert RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert RunLock.training_now(tmp_path) is True
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert RunLock.training_now(tmp_path) is False
+
+
+def test_a_claim_locks_its_folder_until_closed(tmp_path):
+    claim = RunDirClaim(None, tmp_path / "runs", "x", "")
+    assert RunLock.training_now(claim.path) is True
+    claim.close()
+    assert RunLock.training_now(claim.path) is False
+
+
+def test_where_locks_are_unavailable_the_message_hedges(tmp_path, monkeypatch):
+    import mnistgan.rundir
+
+    monkeypatch.setattr(mnistgan.rundir, "fcntl", None)
+    RunDirClaim(tmp_path, tmp_path / "runs", "x", "").close()
+    assert RunLock.training_now(tmp_path) is None
+    with pytest.raises(UserError, match="no checkpoint yet .* if it is not running, delete the folder"):
+        RunDirClaim(tmp_path, tmp_path / "runs", "x", "")

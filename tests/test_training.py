@@ -144,9 +144,10 @@ def test_out_that_already_holds_a_run_is_refused(tmp_path):
 def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_over(tmp_path):
     mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
-    with pytest.raises(UserError, match="no checkpoint yet .* if it is not running, delete the folder"):
+    # No process holds the run's lock (training_now is False), so the run is known to have stopped.
+    with pytest.raises(UserError, match="stopped before its first checkpoint; delete the folder to train there again"):
         mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
-    with pytest.raises(UserError, match="if it is not running, delete the folder and train again"):
+    with pytest.raises(UserError, match="stopped before its first checkpoint; delete the folder and train again"):
         mnistgan.train(resume=tmp_path / "run")
 
 

@@ -25,7 +25,7 @@ from .files import write_text_atomically
 from .models import build_generator, sample_latent
 from .plots import image_grid, read_csv_columns
 from .distributed import is_main_process
-from .rundir import RunDirClaim, require_run_dir
+from .rundir import RunDirClaim, RunLock, no_checkpoint_message, require_run_dir
 from .training import CONDITIONAL_GRID_COLUMNS, generate
 from .training import train as run_training
 
@@ -71,14 +71,20 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
         if changed:
             raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
         paths = require_run_dir(Path(resume))
-        if not paths.last_checkpoint.is_file():
-            raise UserError(f"{paths.root} has no checkpoint to resume from ({paths.last_checkpoint} is missing: the run is still "
-                            "in its first epochs or stopped before its first one); if it is not running, delete the folder "
-                            "and train again, or train into another --out")
-        config = load_toml(paths.config, stored=True)
-        changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
-        config = config.replace(changes)  # written to config.toml once the resume has started
-        run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
+        lock = RunLock(paths.root)
+        if is_main_process() and not lock.acquire():  # under torchrun the first process speaks for all
+            raise UserError(f"{paths.root} is training right now in another process; let it finish, or stop it "
+                            "(Ctrl-C) and resume then")
+        try:
+            if not paths.last_checkpoint.is_file():
+                raise UserError(no_checkpoint_message(paths.root, False if lock.supported else None,
+                                                      "and train again, or train into another --out"))
+            config = load_toml(paths.config, stored=True)
+            changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
+            config = config.replace(changes)  # written to config.toml once the resume has started
+            run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
+        finally:
+            lock.release()
         return Run(paths.root)
     config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                             subset=subset, conditional=conditional, eval_every=eval_every)
@@ -92,6 +98,7 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
     except BaseException:
         claim.release()  # a run that failed or was stopped before it started leaves nothing behind
         raise
+    claim.close()
     return Run(paths.root)
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
 
 
 @dataclass(frozen=True)
@@ -79,17 +85,74 @@ def new_run_dir(base: Path, name: str) -> Path:
     return base / f"{max(numbers, default=0) + 1:03d}-{name}"
 
 
-class RunDirClaim:
-    """A new run's folder, taken by one process before the run starts: made if missing, and its
-    ``config.toml`` created exclusively, so that two runs started together never share a folder.
+class RunLock:
+    """Marks a run folder as being trained: an advisory lock on the folder itself, held by the process
+    that trains in it. The kernel drops it when that process ends, however it ends (a crash, SIGKILL,
+    the OOM killer), so a held lock always means a live run. It keeps a second process from training
+    in a live run's folder, and tells a folder that a killed run left from one still training.
 
-    If the run never starts (bad data, Ctrl-C during set-up), ``release()`` takes back what the claim
-    made: the config and the folders, deepest first, when they are still empty.
+    Where locks are not available (Windows, some network file systems) ``supported`` is False and
+    ``acquire`` succeeds without locking.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.supported = fcntl is not None
+        self._descriptor: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another process (or another ``RunLock`` here) holds it."""
+        if not self.supported or self._descriptor is not None:
+            return True
+        try:
+            descriptor = os.open(self.folder, os.O_RDONLY)
+        except OSError:
+            self.supported = False
+            return True
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        except OSError:  # the file system has no locks
+            os.close(descriptor)
+            self.supported = False
+            return True
+        self._descriptor = descriptor
+        return True
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing drops the lock
+            self._descriptor = None
+
+    @staticmethod
+    def training_now(folder: Path) -> bool | None:
+        """Is a process training in ``folder`` right now? None where that cannot be known."""
+        probe = RunLock(folder)
+        free = probe.acquire()
+        probe.release()
+        return None if not probe.supported else not free
+
+
+class RunDirClaim:
+    """A new run's folder, taken by one process before the run starts: made if missing, locked
+    (``RunLock``) and its ``config.toml`` created exclusively, so that two runs started together never
+    share a folder.
+
+    ``close()`` drops the lock once the run is over. If the run never starts (bad data, Ctrl-C during
+    set-up), ``release()`` takes back what the claim made: the config and the folders, deepest first,
+    when they are still empty.
     """
 
     def __init__(self, out: str | Path | None, base: Path, name: str, config_text: str):
         self.made: list[Path] = []  # folders made here, outermost first
-        self.path = self._take_numbered(Path(base), name, config_text) if out is None else self._take(out, config_text)
+        self.lock: RunLock | None = None
+        try:
+            self.path = self._take_numbered(Path(base), name, config_text) if out is None else self._take(out, config_text)
+        except BaseException:
+            self.close()
+            raise
 
     def _take_numbered(self, base: Path, name: str, config_text: str) -> Path:
         self._make_folders(base)
@@ -103,6 +166,7 @@ class RunDirClaim:
             except OSError as error:
                 raise UserError(f"cannot make the run folder {path} ({error.strerror}); choose one with --out") from None
             self.made.append(path)
+            self._lock(path)
             self._create_config(path, config_text)
             return path
         raise UserError(f"found no free run folder under {base} (can it be listed?); choose one with --out")
@@ -112,11 +176,14 @@ class RunDirClaim:
             raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
         path = Path(out)
         if (path / "config.toml").exists():
+            training = RunLock.training_now(path)
+            if training:
+                raise UserError(f"{path} holds a run that is training right now; choose another --out")
             if not (path / "checkpoints" / "last.pt").is_file():
-                raise UserError(f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its "
-                                "first checkpoint); if it is not running, delete the folder to train there again, or choose another --out")
+                raise UserError(no_checkpoint_message(path, training, "to train there again, or choose another --out"))
             raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
         self._make_folders(path)
+        self._lock(path)
         try:
             visible = [entry.name for entry in path.iterdir() if not entry.name.startswith(".")]
         except OSError as error:
@@ -145,6 +212,12 @@ class RunDirClaim:
                 raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
             self.made.append(folder)
 
+    def _lock(self, path: Path) -> None:
+        self.lock = RunLock(path)
+        if not self.lock.acquire():
+            self.lock = None
+            raise UserError(f"another run is starting in {path}; choose another --out")
+
     def _create_config(self, path: Path, config_text: str) -> None:
         try:
             with open(path / "config.toml", "x") as handle:  # "x": fails if another run created it first
@@ -154,16 +227,32 @@ class RunDirClaim:
         except OSError as error:
             raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
 
+    def close(self) -> None:
+        """Drop the folder's lock: the run is over."""
+        if self.lock is not None:
+            self.lock.release()
+
     def release(self) -> None:
         """Undo the claim of a run that never started (training makes ``samples/`` when it starts)."""
-        if (self.path / "samples").exists():
-            return
-        (self.path / "config.toml").unlink(missing_ok=True)
-        for folder in reversed(self.made):
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: someone else's files are there now
-                break
+        try:
+            if (self.path / "samples").exists():
+                return
+            (self.path / "config.toml").unlink(missing_ok=True)
+            for folder in reversed(self.made):
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: someone else's files are there now
+                    break
+        finally:
+            self.close()
+
+
+def no_checkpoint_message(path: Path, training: bool | None, then: str) -> str:
+    """Why a run folder without a checkpoint cannot be trained in, and what to do."""
+    if training is False:
+        return f"{path} holds a run that stopped before its first checkpoint; delete the folder {then}"
+    return (f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its first "
+            f"checkpoint); if it is not running, delete the folder {then}")
 
 
 def require_run_dir(path: Path) -> RunPaths:
