@@ -16,11 +16,14 @@ def test_an_empty_folder_is_taken_once(tmp_path):
     assert (tmp_path / "config.toml").read_text() == "a = 1\n"
     with pytest.raises(UserError, match="holds a run that is training right now"):
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
-    claim.close()  # as if the first run had been killed before its first checkpoint
-    with pytest.raises(UserError, match="holds a run that stopped before its first checkpoint; delete the folder"):
-        RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
     claim.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".gitkeep"]  # the folder was there before: it stays
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_told_apart(tmp_path):
+    RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 1\n").close()  # as if killed before its first checkpoint
+    with pytest.raises(UserError, match="holds a run that stopped before its first checkpoint .*; delete the folder"):
+        RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
 
 
 def test_two_claims_racing_for_one_folder(tmp_path, monkeypatch):
@@ -111,3 +114,18 @@ def test_where_locks_are_unavailable_the_message_hedges(tmp_path, monkeypatch):
     assert RunLock.training_now(tmp_path) is None
     with pytest.raises(UserError, match="no checkpoint yet .* if it is not running, delete the folder"):
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "")
+
+
+def test_probes_do_not_look_like_a_live_run(tmp_path):
+    import fcntl
+    import os
+    import threading
+
+    (tmp_path / ".lock").touch()
+    probe = os.open(tmp_path / ".lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # another command's training_now, caught in the act
+    assert RunLock.training_now(tmp_path) is False  # probes share
+    threading.Timer(0.05, os.close, [probe]).start()
+    lock = RunLock(tmp_path)
+    assert lock.acquire()  # waits out the probe instead of refusing
+    lock.release()

@@ -73,11 +73,10 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
         paths = require_run_dir(Path(resume))
         lock = RunLock(paths.root)
         if is_main_process() and not lock.acquire():  # under torchrun the first process speaks for all
-            raise UserError(f"{paths.root} is training right now in another process; let it finish, or stop it "
-                            "(Ctrl-C) and resume then")
+            raise UserError(f"{paths.root} is training right now in another process; wait for it to end, or stop it first")
         try:
             if not paths.last_checkpoint.is_file():
-                raise UserError(no_checkpoint_message(paths.root, False if lock.supported else None,
+                raise UserError(no_checkpoint_message(paths.root, False if lock.held else None,
                                                       "and train again, or train into another --out"))
             config = load_toml(paths.config, stored=True)
             changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,53 +87,89 @@ def new_run_dir(base: Path, name: str) -> Path:
 
 
 class RunLock:
-    """Marks a run folder as being trained: an advisory lock on the folder itself, held by the process
-    that trains in it. The kernel drops it when that process ends, however it ends (a crash, SIGKILL,
-    the OOM killer), so a held lock always means a live run. It keeps a second process from training
-    in a live run's folder, and tells a folder that a killed run left from one still training.
+    """Marks a run folder as being trained: an advisory lock on its hidden ``.lock`` file, held by the
+    process that trains there. The kernel drops it when that process ends, however it ends (a crash,
+    SIGKILL, the OOM killer), so a held lock always means a live run. It keeps a second process from
+    training in a live run's folder, and tells a folder that a killed run left from one still training.
 
-    Where locks are not available (Windows, some network file systems) ``supported`` is False and
+    Where locks are not available (Windows, file systems without them) ``supported`` is False and
     ``acquire`` succeeds without locking.
     """
 
+    ATTEMPTS = 20  # 10 ms apart: a probe (``training_now``) holds the lock for a moment
+
     def __init__(self, folder: Path):
-        self.folder = Path(folder)
+        self.path = Path(folder) / ".lock"
         self.supported = fcntl is not None
         self._descriptor: int | None = None
 
+    @property
+    def held(self) -> bool:
+        return self._descriptor is not None
+
     def acquire(self) -> bool:
         """Take the lock; False if another process (or another ``RunLock`` here) holds it."""
-        if not self.supported or self._descriptor is not None:
+        if not self.supported or self.held:
             return True
-        try:
-            descriptor = os.open(self.folder, os.O_RDONLY)
-        except OSError:
-            self.supported = False
-            return True
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            return False
-        except OSError:  # the file system has no locks
-            os.close(descriptor)
-            self.supported = False
-            return True
-        self._descriptor = descriptor
-        return True
+        for _ in range(self.ATTEMPTS):
+            try:  # open for writing: network file systems lock files only that way
+                descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                self.supported = False
+                return True
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                time.sleep(0.01)
+                continue
+            except OSError:  # the file system has no locks
+                os.close(descriptor)
+                self.supported = False
+                return True
+            if _is_same_file(descriptor, self.path):
+                self._descriptor = descriptor
+                return True
+            os.close(descriptor)  # a claim given back removed the file we locked: lock the one there now
+        return False
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Drop the lock; ``remove`` deletes the lock file first (a folder given back)."""
         if self._descriptor is not None:
+            if remove:
+                self.path.unlink(missing_ok=True)
             os.close(self._descriptor)  # closing drops the lock
             self._descriptor = None
 
     @staticmethod
     def training_now(folder: Path) -> bool | None:
         """Is a process training in ``folder`` right now? None where that cannot be known."""
-        probe = RunLock(folder)
-        free = probe.acquire()
-        probe.release()
-        return None if not probe.supported else not free
+        if fcntl is None:
+            return None
+        try:
+            descriptor = os.open(Path(folder) / ".lock", os.O_RDONLY)
+        except FileNotFoundError:  # every training process makes it
+            return False
+        except OSError:
+            return None
+        try:  # shared: probes never block one another
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(descriptor)
+        return False
+
+
+def _is_same_file(descriptor: int, path: Path) -> bool:
+    try:
+        named = path.stat()
+    except OSError:
+        return False
+    opened = os.fstat(descriptor)
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
 
 class RunDirClaim:
@@ -151,7 +188,8 @@ class RunDirClaim:
         try:
             self.path = self._take_numbered(Path(base), name, config_text) if out is None else self._take(out, config_text)
         except BaseException:
-            self.close()
+            if self.lock is not None:
+                self.lock.release(remove=True)  # held, so the lock file is this claim's to take back
             raise
 
     def _take_numbered(self, base: Path, name: str, config_text: str) -> Path:
@@ -238,6 +276,8 @@ class RunDirClaim:
             if (self.path / "samples").exists():
                 return
             (self.path / "config.toml").unlink(missing_ok=True)
+            if self.lock is not None:
+                self.lock.release(remove=True)
             for folder in reversed(self.made):
                 try:
                     folder.rmdir()
@@ -250,7 +290,8 @@ class RunDirClaim:
 def no_checkpoint_message(path: Path, training: bool | None, then: str) -> str:
     """Why a run folder without a checkpoint cannot be trained in, and what to do."""
     if training is False:
-        return f"{path} holds a run that stopped before its first checkpoint; delete the folder {then}"
+        return (f"{path} holds a run that stopped before its first checkpoint (no process on this machine trains it); "
+                f"delete the folder {then}")
     return (f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its first "
             f"checkpoint); if it is not running, delete the folder {then}")
 
