@@ -223,7 +223,7 @@ def test_a_live_run_is_not_trained_in_twice(capsys, tmp_path):
         lines = [process.stdout.readline() for _ in range(3)]  # the start line, epochs 1 and 2
         assert "epoch    2/100000" in lines[2], lines  # so epoch 1's checkpoint is written
         line = one_error_line(capsys, ["train", "--resume", str(run), "--no-progress"])
-        assert line == f"mnistgan: error: {run} is training right now in another process; let it finish, or stop it (Ctrl-C) and resume then"
+        assert line == f"mnistgan: error: {run} is training right now in another process; wait for it to end, or stop it first"
         assert "is training right now; choose another --out" in one_error_line(capsys, ["train", "--out", str(run)] + TINY_ARGS)
     finally:
         process.kill()  # no handler runs: the kernel drops the run's lock
@@ -279,6 +279,19 @@ def test_evaluate_a_run_writes_metrics_json(capsys, trained_run):
                 "class_kl", "class_histogram", "mean_confidence", "n"):
         assert key in saved, key
     assert saved["n"] == 300 and len(saved["class_histogram"]) == 10
+
+
+def test_a_full_disk_while_evaluating_is_one_line(capsys, trained_run, monkeypatch):
+    import errno
+
+    import mnistgan.api
+
+    def no_space(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(mnistgan.api, "write_text_atomically", no_space)
+    line = one_error_line(capsys, ["evaluate", "--run", str(trained_run), "--n", "200", "--device", "cpu"])
+    assert line == f"mnistgan: error: No space left on device ({trained_run / 'metrics.json'}); nothing was half-written"
 
 
 def test_evaluate_prints_a_table_with_the_real_floor(capsys, trained_run):

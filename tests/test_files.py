@@ -63,3 +63,17 @@ def test_a_temporary_names_the_file_it_was_to_become(tmp_path):
     write_atomically(tmp_path / "last.pt", lambda temp_path: seen.append(os.path.basename(temp_path)) or write_text("x")(temp_path))
     assert temporary_target(seen[0]) == "last.pt"
     assert temporary_target("last.pt") is None and temporary_target(".last.pt.tmp") is None
+
+
+def test_a_failed_write_names_the_file_asked_for_and_leaves_no_temporary(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"old")
+
+    def no_space(temp_path):
+        with open(temp_path, "wb") as handle:
+            handle.write(b"half")
+        raise OSError(28, "No space left on device")  # a write() error carries no file name
+
+    with pytest.raises(OSError) as raised:
+        write_atomically(tmp_path / "a.bin", no_space)
+    assert raised.value.filename == str(tmp_path / "a.bin") and raised.value.errno == 28
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"] and (tmp_path / "a.bin").read_bytes() == b"old"

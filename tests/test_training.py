@@ -78,15 +78,49 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
     assert (tmp_path / "straight" / "losses.csv").read_text() == (tmp_path / "interrupted" / "losses.csv").read_text()
 
 
-def test_resume_drops_loss_rows_written_after_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("tail", ["999,3,1,1,0.5,0.5\n", "99", "999,3,1,1,0.5,0."])  # whole, and cut short by a full disk
+def test_resume_drops_loss_rows_written_after_the_checkpoint(tmp_path, tail):
     settings = {**TINY_MLP, "train.epochs": 2, "train.checkpoint_every": 2}
     mnistgan.train("vanilla-gan", overrides={**settings, "train.epochs": 2}, out=tmp_path / "run")
     reference = (tmp_path / "run" / "losses.csv").read_text()
     # Pretend the run crashed during epoch 3 after writing rows for it, checkpoint still at epoch 2.
     with open(tmp_path / "run" / "losses.csv", "a") as handle:
-        handle.write("999,3,1,1,0.5,0.5\n")
+        handle.write(tail)
     mnistgan.train(resume=tmp_path / "run", epochs=2)
     assert (tmp_path / "run" / "losses.csv").read_text() == reference
+
+
+def test_a_full_disk_stops_training_with_one_error_and_the_run_resumes(tmp_path, monkeypatch):
+    import errno
+
+    from mnistgan import checkpoint, files
+
+    settings = {**TINY_MLP, "train.epochs": 3, "train.checkpoint_every": 1}
+    mnistgan.train("vanilla-gan", overrides=settings, out=tmp_path / "straight")
+    real_write, checkpoints_written = checkpoint.write_bytes_atomically, []
+
+    def disk_full_at_the_second_checkpoint(path, data, durable=False):
+        if path.name == "last.pt":
+            checkpoints_written.append(path)
+            if len(checkpoints_written) == 2:
+                def half_then_no_space(temp):
+                    with open(temp, "wb") as handle:
+                        handle.write(bytes(data)[:1000])
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return files.write_atomically(path, half_then_no_space, durable)
+        return real_write(path, data, durable)
+
+    monkeypatch.setattr(checkpoint, "write_bytes_atomically", disk_full_at_the_second_checkpoint)
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"^training stopped: No space left on device \(.*last\.pt\); the files written before "
+                                        r"are intact: free some space, then continue with: mnistgan train --resume "):
+        mnistgan.train("vanilla-gan", overrides=settings, out=run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # the one before is whole
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    mnistgan.train(resume=run)
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(run))
+    assert (tmp_path / "straight" / "losses.csv").read_text() == (run / "losses.csv").read_text()
 
 
 def test_resuming_a_finished_run_rewrites_its_final_outputs(tmp_path):
@@ -141,13 +175,17 @@ def test_out_that_already_holds_a_run_is_refused(tmp_path):
         mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
 
 
-def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_over(tmp_path):
+def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_over(tmp_path, monkeypatch):
     mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
     # No process holds the run's lock (training_now is False), so the run is known to have stopped.
-    with pytest.raises(UserError, match="stopped before its first checkpoint; delete the folder to train there again"):
+    with pytest.raises(UserError, match="stopped before its first checkpoint .*; delete the folder to train there again"):
         mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 32}, out=tmp_path / "run")
-    with pytest.raises(UserError, match="stopped before its first checkpoint; delete the folder and train again"):
+    with pytest.raises(UserError, match="stopped before its first checkpoint .*; delete the folder and train again"):
+        mnistgan.train(resume=tmp_path / "run")
+    # Under torchrun only the first process takes the lock; the others cannot know, and say so.
+    monkeypatch.setattr(mnistgan.api, "is_main_process", lambda: False)
+    with pytest.raises(UserError, match="no checkpoint yet .* if it is not running, delete the folder and train again"):
         mnistgan.train(resume=tmp_path / "run")
 
 

@@ -13,17 +13,19 @@ written with it and checked on load (files from before the digest load unchecked
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import UserError
-from .files import write_atomically
+from .files import write_bytes_atomically
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIGEST_KEY = "content_sha256"  # in a training checkpoint's state: digest of everything else in it
@@ -80,7 +82,9 @@ def save_checkpoint(state: dict, path: Path) -> None:
     """Write a training checkpoint (temp file, fsync, rename) with the digest of its contents."""
     state = {"format": FORMAT_VERSION, **state}
     state[CHECKPOINT_DIGEST_KEY] = content_digest(state)
-    write_atomically(path, lambda tmp: torch.save(state, tmp), durable=True)
+    serialised = io.BytesIO()
+    torch.save(state, serialised)
+    write_bytes_atomically(path, serialised.getbuffer(), durable=True)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -123,7 +127,7 @@ def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_ki
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
     metadata = {"format": "mnistgan-generator", "config": json.dumps(config_dict), "weights": weights_kind,
                 GENERATOR_DIGEST_KEY: content_digest(tensors)}
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
+    write_bytes_atomically(path, safetensors_bytes(tensors, metadata=metadata), durable=True)
 
 
 def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`mnistgan presets | head`): stop quietly, as other command-line tools do.
         _discard_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+    except OSError as error:
+        if error.errno is None:
+            raise
+        # A full disk or a file taken away under a command: every write is atomic, so nothing is half-written.
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"mnistgan: error: {error.strerror}{where}; nothing was half-written", file=sys.stderr)
+        return 2
     finally:
         if handle_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)

@@ -38,9 +38,19 @@ def write_atomically(path: Path | str, write, durable: bool = False) -> None:
             with open(temp, "rb") as written:
                 os.fsync(written.fileno())
         os.replace(temp, path)
+    except OSError as error:  # a full disk, say: name the file the caller asked for, not the temporary
+        error.filename, error.filename2 = str(path), None
+        raise
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def write_bytes_atomically(path: Path | str, data: bytes | memoryview, durable: bool = False) -> None:
+    """``Path.write_bytes``, atomically. Serialising to memory first and writing here turns a full
+    disk into an OSError naming the file; torch.save and safetensors writing to a path report it as
+    their own errors, with no errno."""
+    write_atomically(path, lambda temp: Path(temp).write_bytes(data), durable=durable)
 
 
 def write_text_atomically(path: Path | str, text: str) -> None:

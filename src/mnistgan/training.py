@@ -10,6 +10,7 @@ a step needs nothing from the host: the same step runs eagerly or captured into 
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import signal
 import sys
@@ -417,8 +418,31 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
 
     ``resume`` continues from ``run_dir/checkpoints/last.pt`` to ``config.train.epochs`` epochs in
     total, bit for bit as if never interrupted (on CPU; CUDA kernels are not all deterministic).
+    A file system failure (a full disk, say) ends training with one ``UserError``; every file is
+    written atomically, so the run's files stay as they were and it resumes from its last checkpoint.
     """
-    paths = RunPaths(Path(run_dir))
+    try:
+        return _train(config, RunPaths(Path(run_dir)), data_dir=data_dir, resume=resume, progress=progress, log=log)
+    except OSError as error:
+        if isinstance(error, ConnectionError) or error.errno is None:
+            raise
+        raise UserError(_file_system_failure(error, RunPaths(Path(run_dir)))) from None
+
+
+def _file_system_failure(error: OSError, paths: RunPaths) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        remedy = "free some space"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        remedy = f"make {paths.root} writable"
+    else:
+        remedy = "fix the cause"
+    then = (f"continue with: mnistgan train --resume {paths.root}" if paths.last_checkpoint.is_file()
+            else f"delete {paths.root} and train again")
+    return f"training stopped: {error.strerror or error}{where}; the files written before are intact: {remedy}, then {then}"
+
+
+def _train(config: Config, paths: RunPaths, *, data_dir, resume: bool, progress: bool | None, log) -> RunPaths:
     perf, train_config = config.performance, config.train
     device = resolve_device(perf.device)
     distributed = Distributed.from_environment(device.type)
@@ -680,12 +704,14 @@ def _truncate_csv(path: Path, completed_epochs: int) -> None:
     """Drop rows written after the checkpoint being resumed (a crash between checkpoints)."""
     if not path.is_file():
         return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+    text = path.read_text()
+    if not text.endswith("\n"):  # the last row was cut short (a full disk, a kill mid-write)
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
         return
     epoch_column = rows[0].index("epoch")
-    kept = [rows[0]] + [row for row in rows[1:] if int(float(row[epoch_column])) <= completed_epochs]
+    kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(float(row[epoch_column])) <= completed_epochs]
     with open(path, "w", newline="") as handle:
         csv.writer(handle).writerows(kept)
 
