@@ -121,11 +121,19 @@ def test_probes_do_not_look_like_a_live_run(tmp_path):
     import os
     import threading
 
-    (tmp_path / ".lock").touch()
-    probe = os.open(tmp_path / ".lock", os.O_RDONLY)
+    (tmp_path / RunLock.LOCK_FILE).touch()
+    probe = os.open(tmp_path / RunLock.LOCK_FILE, os.O_RDONLY)
     fcntl.flock(probe, fcntl.LOCK_SH)  # another command's training_now, caught in the act
     assert RunLock.training_now(tmp_path) is False  # probes share
     threading.Timer(0.05, os.close, [probe]).start()
     lock = RunLock(tmp_path)
     assert lock.acquire()  # waits out the probe instead of refusing
     lock.release()
+
+
+def test_a_refused_claim_keeps_a_lock_file_it_did_not_make(tmp_path):
+    (tmp_path / RunLock.LOCK_FILE).write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already has files"):
+        RunDirClaim(tmp_path, tmp_path / "runs", "x", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunLock.LOCK_FILE, "notes.txt"]

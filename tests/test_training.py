@@ -112,8 +112,8 @@ def test_a_full_disk_stops_training_with_one_error_and_the_run_resumes(tmp_path,
 
     monkeypatch.setattr(checkpoint, "write_bytes_atomically", disk_full_at_the_second_checkpoint)
     run = tmp_path / "run"
-    with pytest.raises(UserError, match=r"^training stopped: No space left on device \(.*last\.pt\); the files written before "
-                                        r"are intact: free some space, then continue with: mnistgan train --resume "):
+    with pytest.raises(UserError, match=r"^training stopped: No space left on device \(.*last\.pt\); free some space, "
+                                        r"then continue with: mnistgan train --resume "):
         mnistgan.train("vanilla-gan", overrides=settings, out=run)
     monkeypatch.undo()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # the one before is whole
@@ -337,3 +337,17 @@ def test_a_closed_pipe_anywhere_in_training_still_checkpoints(tmp_path, monkeypa
         mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 3}, out=tmp_path / "run")
     assert stopped.value.exit_status == 141
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("content", ["", "step,epo", "step,epoch,d_loss\n1,1,0.5\n2,2,0.4\n3,3,0."])
+def test_a_log_cut_short_by_a_full_disk_is_repaired_on_resume(tmp_path, content):
+    path = tmp_path / "losses.csv"
+    path.write_text(content)
+    train_module._truncate_csv(path, completed_epochs=1)
+    if "\n" in content:  # a whole header: the rows after the checkpoint and the cut row go
+        assert path.read_text() == "step,epoch,d_loss\n1,1,0.5\n"
+    else:  # no whole header: the file starts again, header first
+        assert not path.exists()
+        path.write_text("")  # and an empty file, as a full disk leaves it, gets its header too
+        train_module._append_losses(path, torch.ones(2, 4), epoch=1, steps_per_epoch=2, log_every=1)
+        assert path.read_text().splitlines()[0] == "step,epoch,d_loss,g_loss,d_real,d_fake"

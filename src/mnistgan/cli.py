@@ -6,6 +6,7 @@ Training, sampling and measuring are ``api``'s; this module only turns arguments
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import signal
@@ -150,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno is None:
             raise
-        # A full disk or a file taken away under a command: every write is atomic, so nothing is half-written.
+        # A full disk, say, or a file taken away under a command.
         where = f" ({error.filename})" if error.filename else ""
-        print(f"mnistgan: error: {error.strerror}{where}; nothing was half-written", file=sys.stderr)
+        print(f"mnistgan: error: {error.strerror}{where}", file=sys.stderr)
         return 2
     finally:
         if handle_term:
@@ -192,7 +193,7 @@ def _sample(args) -> int:
     import numpy as np
 
     from . import api
-    from .files import write_atomically
+    from .files import write_bytes_atomically
     from .plots import image_grid, save_image
 
     if args.run is None and args.checkpoint is None:
@@ -212,16 +213,12 @@ def _sample(args) -> int:
     try:
         if out.suffix == ".png":
             save_image(image_grid(images, columns=columns, scale=2), out)
-        else:
-            array = images.numpy().astype(np.float32)
-
-            def write_npy(temp):
-                with open(temp, "wb") as handle:  # a file name would get ".npy" appended
-                    np.save(handle, array)
-
-            write_atomically(out, write_npy)
+        else:  # in memory first: numpy reports a full disk without an errno
+            serialised = io.BytesIO()
+            np.save(serialised, images.numpy().astype(np.float32))
+            write_bytes_atomically(out, serialised.getbuffer())
     except OSError as error:
-        raise UserError(f"cannot write {out} ({error.strerror})") from None
+        raise UserError(f"cannot write {out} ({error.strerror or error})") from None
     print(f"wrote {images.shape[0]} samples to {out}")
     return 0
 

@@ -16,7 +16,6 @@ import functools
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .files import write_bytes_atomically
 
 IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions
 LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension
@@ -120,9 +120,7 @@ def download_mnist(target: Path) -> None:
             if hashlib.sha256(content).hexdigest() != SHA256[name]:
                 failures.append(f"{url}: checksum mismatch")
                 continue
-            with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
-                tmp.write(payload)
-            os.replace(tmp.name, target / f"{name}.gz")
+            write_bytes_atomically(target / f"{name}.gz", payload)
             break
         else:
             raise UserError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -27,23 +28,32 @@ def write_atomically(path: Path | str, write, durable: bool = False) -> None:
     syncs the bytes to disk before the rename, so that a power cut cannot leave an empty file behind it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(TEMPORARY_TOKEN_BYTES)}.tmp")
-    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    mode = stat.S_IMODE(temp.stat().st_mode)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(str(temp))
-        os.chmod(temp, mode)
-        if durable:
-            with open(temp, "rb") as written:
-                os.fsync(written.fileno())
-        os.replace(temp, path)
-    except OSError as error:  # a full disk, say: name the file the caller asked for, not the temporary
-        error.filename, error.filename2 = str(path), None
-        raise
+        with _naming(path):
+            mode = stat.S_IMODE(temp.stat().st_mode)
+            write(str(temp))
+            os.chmod(temp, mode)
+            if durable:
+                with open(temp, "rb") as written:
+                    os.fsync(written.fileno())
+            os.replace(temp, path)
     finally:
         if temp.exists():
             temp.unlink()
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError (a full disk, say) names the file the caller asked for, not the temporary."""
+    try:
+        yield
+    except OSError as error:
+        error.filename, error.filename2 = str(path), None
+        raise
 
 
 def write_bytes_atomically(path: Path | str, data: bytes | memoryview, durable: bool = False) -> None:

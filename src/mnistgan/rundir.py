@@ -87,7 +87,7 @@ def new_run_dir(base: Path, name: str) -> Path:
 
 
 class RunLock:
-    """Marks a run folder as being trained: an advisory lock on its hidden ``.lock`` file, held by the
+    """Marks a run folder as being trained: an advisory lock on its hidden ``LOCK_FILE``, held by the
     process that trains there. The kernel drops it when that process ends, however it ends (a crash,
     SIGKILL, the OOM killer), so a held lock always means a live run. It keeps a second process from
     training in a live run's folder, and tells a folder that a killed run left from one still training.
@@ -97,10 +97,12 @@ class RunLock:
     """
 
     ATTEMPTS = 20  # 10 ms apart: a probe (``training_now``) holds the lock for a moment
+    LOCK_FILE = ".mnistgan.lock"
 
     def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
+        self.path = Path(folder) / self.LOCK_FILE
         self.supported = fcntl is not None
+        self.created = False  # the lock file was made here (and may be removed again when given back)
         self._descriptor: int | None = None
 
     @property
@@ -113,7 +115,15 @@ class RunLock:
             return True
         for _ in range(self.ATTEMPTS):
             try:  # open for writing: network file systems lock files only that way
-                descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                descriptor, self.created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                try:
+                    descriptor, self.created = os.open(self.path, os.O_RDWR), False
+                except FileNotFoundError:  # removed in between: make it again
+                    continue
+                except OSError:
+                    self.supported = False
+                    return True
             except OSError:
                 self.supported = False
                 return True
@@ -134,9 +144,9 @@ class RunLock:
         return False
 
     def release(self, remove: bool = False) -> None:
-        """Drop the lock; ``remove`` deletes the lock file first (a folder given back)."""
+        """Drop the lock; ``remove`` first deletes the lock file if it was made here (a folder given back)."""
         if self._descriptor is not None:
-            if remove:
+            if remove and self.created:
                 self.path.unlink(missing_ok=True)
             os.close(self._descriptor)  # closing drops the lock
             self._descriptor = None
@@ -147,7 +157,7 @@ class RunLock:
         if fcntl is None:
             return None
         try:
-            descriptor = os.open(Path(folder) / ".lock", os.O_RDONLY)
+            descriptor = os.open(Path(folder) / RunLock.LOCK_FILE, os.O_RDONLY)
         except FileNotFoundError:  # every training process makes it
             return False
         except OSError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import math
 import signal
 import sys
@@ -418,31 +419,40 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
 
     ``resume`` continues from ``run_dir/checkpoints/last.pt`` to ``config.train.epochs`` epochs in
     total, bit for bit as if never interrupted (on CPU; CUDA kernels are not all deterministic).
-    A file system failure (a full disk, say) ends training with one ``UserError``; every file is
-    written atomically, so the run's files stay as they were and it resumes from its last checkpoint.
+    A file system failure (a full disk, say) ends training with one ``UserError``. Checkpoints and
+    outputs are written atomically and resuming trims the CSV logs back to the checkpoint, so the
+    run resumes from its last checkpoint as if the failure had not happened.
     """
+    run = [RunPaths(Path(run_dir))]  # _train puts the folder it trains in here (under torchrun: the first process's)
     try:
-        return _train(config, RunPaths(Path(run_dir)), data_dir=data_dir, resume=resume, progress=progress, log=log)
+        return _train(config, run, data_dir=data_dir, resume=resume, progress=progress, log=log)
     except OSError as error:
         if isinstance(error, ConnectionError) or error.errno is None:
             raise
-        raise UserError(_file_system_failure(error, RunPaths(Path(run_dir)))) from None
+        raise UserError(_file_system_failure(error, run[0])) from None
 
 
 def _file_system_failure(error: OSError, paths: RunPaths) -> str:
     where = f" ({error.filename})" if error.filename else ""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         remedy = "free some space"
-    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    elif error.errno == errno.EROFS:
         remedy = f"make {paths.root} writable"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        remedy = f"fix the permissions of {error.filename or paths.root}"
     else:
         remedy = "fix the cause"
-    then = (f"continue with: mnistgan train --resume {paths.root}" if paths.last_checkpoint.is_file()
-            else f"delete {paths.root} and train again")
-    return f"training stopped: {error.strerror or error}{where}; the files written before are intact: {remedy}, then {then}"
+    if paths.last_checkpoint.is_file():
+        then = f"continue with: mnistgan train --resume {paths.root}"
+    elif paths.samples.is_dir():  # the run started: its folder stays
+        then = f"delete {paths.root} and train again"
+    else:  # it never started, and gives its folder back
+        then = "train again"
+    return f"training stopped: {error.strerror or error}{where}; {remedy}, then {then}"
 
 
-def _train(config: Config, paths: RunPaths, *, data_dir, resume: bool, progress: bool | None, log) -> RunPaths:
+def _train(config: Config, run: list[RunPaths], *, data_dir, resume: bool, progress: bool | None, log) -> RunPaths:
+    paths = run[0]
     perf, train_config = config.performance, config.train
     device = resolve_device(perf.device)
     distributed = Distributed.from_environment(device.type)
@@ -472,7 +482,7 @@ def _train(config: Config, paths: RunPaths, *, data_dir, resume: bool, progress:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
-    paths = RunPaths(Path(distributed.broadcast_object(str(paths.root))))
+    paths = run[0] = RunPaths(Path(distributed.broadcast_object(str(run[0].root))))
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
     split = load_mnist("train", data_dir)
@@ -676,7 +686,7 @@ class _Stop(Exception):
 
 def _append_losses(path: Path, epoch_stats: torch.Tensor, epoch: int, steps_per_epoch: int, log_every: int) -> None:
     """One CSV row per ``log_every`` steps of the epoch: the mean of each statistic over those steps."""
-    new_file = not path.exists()
+    new_file = not path.exists() or path.stat().st_size == 0  # empty: a full disk cut its header
     first_step = (epoch - 1) * steps_per_epoch
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle)
@@ -708,12 +718,14 @@ def _truncate_csv(path: Path, completed_epochs: int) -> None:
     if not text.endswith("\n"):  # the last row was cut short (a full disk, a kill mid-write)
         text = text[: text.rfind("\n") + 1]
     rows = list(csv.reader(text.splitlines()))
-    if not rows:
+    if not rows or "epoch" not in rows[0]:  # not even a whole header: start the file again
+        path.unlink()
         return
     epoch_column = rows[0].index("epoch")
     kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(float(row[epoch_column])) <= completed_epochs]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
+    lines = io.StringIO(newline="")
+    csv.writer(lines).writerows(kept)
+    write_text_atomically(path, lines.getvalue())
 
 
 def _evaluate_during_training(config: Config, sampler: nn.Module, paths: RunPaths, epoch: int, device: torch.device) -> float:
@@ -730,7 +742,7 @@ def _evaluate_during_training(config: Config, sampler: nn.Module, paths: RunPath
     if labels is not None:  # does asking for a 7 give a 7, as training goes
         columns += ("conditional_accuracy",)
     row = {"epoch": epoch, **{key: result[key] for key in columns[1:]}}
-    new_file = not paths.metrics_csv.exists()
+    new_file = not paths.metrics_csv.exists() or paths.metrics_csv.stat().st_size == 0
     with open(paths.metrics_csv, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if new_file:
