@@ -137,3 +137,27 @@ def test_a_refused_claim_keeps_a_lock_file_it_did_not_make(tmp_path):
     with pytest.raises(UserError, match="already has files"):
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "")
     assert sorted(p.name for p in tmp_path.iterdir()) == [RunLock.LOCK_FILE, "notes.txt"]
+
+
+def test_a_claim_that_fails_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import mnistgan.rundir
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            open(path, mode).close()  # the file is made; its bytes do not fit
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mnistgan.rundir, "open", FullDisk, raising=False)
+    with pytest.raises(UserError, match=r"\(No space left on device\); free some space or choose another --out"):
+        RunDirClaim(None, tmp_path / "runs", "x", "a = 1\n")
+    assert list((tmp_path / "runs").iterdir()) == []  # no half-made run folder for later commands to trip on

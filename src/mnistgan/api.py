@@ -72,7 +72,8 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
             raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
         paths = require_run_dir(Path(resume))
         lock = RunLock(paths.root)
-        if is_main_process() and not lock.acquire():  # under torchrun the first process speaks for all
+        # Under torchrun the first process alone locks and refuses; torchrun then ends the others.
+        if is_main_process() and not lock.acquire():
             raise UserError(f"{paths.root} is training right now in another process; wait for it to end, or stop it first")
         try:
             if not paths.last_checkpoint.is_file():

@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno is None:
             raise
-        # A full disk, say, or a file taken away under a command.
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"mnistgan: error: {error.strerror}{where}", file=sys.stderr)
+        from .files import describe_os_error
+
+        print(f"mnistgan: error: {describe_os_error(error)}", file=sys.stderr)  # a full disk, say
         return 2
     finally:
         if handle_term:

@@ -19,6 +19,11 @@ def temporary_target(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def describe_os_error(error: OSError) -> str:
+    """``No space left on device (path)``: what failed, and on which file when the error names one."""
+    return f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}"
+
+
 def write_atomically(path: Path | str, write, durable: bool = False) -> None:
     """Call ``write(temp_path)``, then rename the temporary file onto ``path``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -195,11 +196,11 @@ class RunDirClaim:
     def __init__(self, out: str | Path | None, base: Path, name: str, config_text: str):
         self.made: list[Path] = []  # folders made here, outermost first
         self.lock: RunLock | None = None
+        self.config_made: Path | None = None
         try:
             self.path = self._take_numbered(Path(base), name, config_text) if out is None else self._take(out, config_text)
         except BaseException:
-            if self.lock is not None:
-                self.lock.release(remove=True)  # held, so the lock file is this claim's to take back
+            self._give_back()  # a claim that failed half-way (a full disk, say) leaves nothing behind
             raise
 
     def _take_numbered(self, base: Path, name: str, config_text: str) -> Path:
@@ -257,7 +258,7 @@ class RunDirClaim:
                 kind = "a symbolic link to nothing" if folder.is_symlink() else "a file"
                 raise UserError(f"cannot make {path}: {folder} is {kind}; choose another --out") from None
             except OSError as error:
-                raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
+                raise UserError(_unwritable(path, error)) from None
             self.made.append(folder)
 
     def _lock(self, path: Path) -> None:
@@ -268,12 +269,17 @@ class RunDirClaim:
 
     def _create_config(self, path: Path, config_text: str) -> None:
         try:
-            with open(path / "config.toml", "x") as handle:  # "x": fails if another run created it first
-                handle.write(config_text)
+            handle = open(path / "config.toml", "x")  # "x": fails if another run created it first
         except FileExistsError:
             raise UserError(f"another run is starting in {path}; choose another --out") from None
         except OSError as error:
-            raise UserError(f"cannot write to the output directory {path} ({error.strerror}); choose another with --out") from None
+            raise UserError(_unwritable(path, error)) from None
+        self.config_made = path / "config.toml"
+        try:
+            with handle:
+                handle.write(config_text)
+        except OSError as error:
+            raise UserError(_unwritable(path, error)) from None
 
     def close(self) -> None:
         """Drop the folder's lock: the run is over."""
@@ -282,19 +288,27 @@ class RunDirClaim:
 
     def release(self) -> None:
         """Undo the claim of a run that never started (training makes ``samples/`` when it starts)."""
-        try:
-            if (self.path / "samples").exists():
-                return
-            (self.path / "config.toml").unlink(missing_ok=True)
-            if self.lock is not None:
-                self.lock.release(remove=True)
-            for folder in reversed(self.made):
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: someone else's files are there now
-                    break
-        finally:
+        if (self.path / "samples").exists():
             self.close()
+        else:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Remove what this claim made (config, lock file, folders, deepest first) and drop the lock."""
+        if self.config_made is not None:
+            self.config_made.unlink(missing_ok=True)
+        if self.lock is not None:
+            self.lock.release(remove=True)
+        for folder in reversed(self.made):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: someone else's files are there now
+                break
+
+
+def _unwritable(path: Path, error: OSError) -> str:
+    remedy = "free some space or choose another --out" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another with --out"
+    return f"cannot write to the output directory {path} ({error.strerror}); {remedy}"
 
 
 def no_checkpoint_message(path: Path, training: bool | None, then: str) -> str:

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from .config import Config
 from .data import load_mnist, to_unit_range
 from .distributed import Distributed
 from .errors import UserError
-from .files import temporary_target, write_text_atomically
+from .files import describe_os_error, temporary_target, write_bytes_atomically, write_text_atomically
 from .models import build_discriminator, build_generator, sample_latent
 from .plots import image_grid, plot_losses, plot_metrics, read_csv_columns, save_gif, save_image
 from .rundir import RunPaths
@@ -423,17 +424,17 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     outputs are written atomically and resuming trims the CSV logs back to the checkpoint, so the
     run resumes from its last checkpoint as if the failure had not happened.
     """
-    run = [RunPaths(Path(run_dir))]  # _train puts the folder it trains in here (under torchrun: the first process's)
+    # _train records the folder it trains in (under torchrun, the one the first process chose).
+    where = SimpleNamespace(paths=RunPaths(Path(run_dir)))
     try:
-        return _train(config, run, data_dir=data_dir, resume=resume, progress=progress, log=log)
+        return _train(config, where, data_dir=data_dir, resume=resume, progress=progress, log=log)
     except OSError as error:
         if isinstance(error, ConnectionError) or error.errno is None:
             raise
-        raise UserError(_file_system_failure(error, run[0])) from None
+        raise UserError(_file_system_failure(error, where.paths)) from None
 
 
 def _file_system_failure(error: OSError, paths: RunPaths) -> str:
-    where = f" ({error.filename})" if error.filename else ""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         remedy = "free some space"
     elif error.errno == errno.EROFS:
@@ -448,11 +449,10 @@ def _file_system_failure(error: OSError, paths: RunPaths) -> str:
         then = f"delete {paths.root} and train again"
     else:  # it never started, and gives its folder back
         then = "train again"
-    return f"training stopped: {error.strerror or error}{where}; {remedy}, then {then}"
+    return f"training stopped: {describe_os_error(error)}; {remedy}, then {then}"
 
 
-def _train(config: Config, run: list[RunPaths], *, data_dir, resume: bool, progress: bool | None, log) -> RunPaths:
-    paths = run[0]
+def _train(config: Config, where: SimpleNamespace, *, data_dir, resume: bool, progress: bool | None, log) -> RunPaths:
     perf, train_config = config.performance, config.train
     device = resolve_device(perf.device)
     distributed = Distributed.from_environment(device.type)
@@ -482,7 +482,7 @@ def _train(config: Config, run: list[RunPaths], *, data_dir, resume: bool, progr
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
-    paths = run[0] = RunPaths(Path(distributed.broadcast_object(str(run[0].root))))
+    paths = where.paths = RunPaths(Path(distributed.broadcast_object(str(where.paths.root))))
 
     # -- data: the whole training set on the device, uint8 ---------------------------------------
     split = load_mnist("train", data_dir)
@@ -686,7 +686,7 @@ class _Stop(Exception):
 
 def _append_losses(path: Path, epoch_stats: torch.Tensor, epoch: int, steps_per_epoch: int, log_every: int) -> None:
     """One CSV row per ``log_every`` steps of the epoch: the mean of each statistic over those steps."""
-    new_file = not path.exists() or path.stat().st_size == 0  # empty: a full disk cut its header
+    new_file = not path.exists()
     first_step = (epoch - 1) * steps_per_epoch
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle)
@@ -725,7 +725,7 @@ def _truncate_csv(path: Path, completed_epochs: int) -> None:
     kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(float(row[epoch_column])) <= completed_epochs]
     lines = io.StringIO(newline="")
     csv.writer(lines).writerows(kept)
-    write_text_atomically(path, lines.getvalue())
+    write_bytes_atomically(path, lines.getvalue().encode())  # bytes: the csv module already ended each row
 
 
 def _evaluate_during_training(config: Config, sampler: nn.Module, paths: RunPaths, epoch: int, device: torch.device) -> float:
@@ -742,7 +742,7 @@ def _evaluate_during_training(config: Config, sampler: nn.Module, paths: RunPath
     if labels is not None:  # does asking for a 7 give a 7, as training goes
         columns += ("conditional_accuracy",)
     row = {"epoch": epoch, **{key: result[key] for key in columns[1:]}}
-    new_file = not paths.metrics_csv.exists() or paths.metrics_csv.stat().st_size == 0
+    new_file = not paths.metrics_csv.exists()
     with open(paths.metrics_csv, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if new_file:

@@ -33,11 +33,12 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..data import IMAGE_SIZE, NUM_CLASSES, cache_dir, load_mnist, to_unit_range
 from ..errors import UserError
-from ..files import write_atomically
+from ..files import write_bytes_atomically
 from . import distances
 from .evaluator import FEATURE_DIM, WEIGHTS_SHA256, features_and_probabilities, load_evaluator
 
@@ -313,6 +314,6 @@ def _write_reference(path: Path, reference: Reference) -> None:
     tensors = {"features": reference.features.contiguous(), "probabilities": reference.probabilities.contiguous()}
     tensors.update({f"radii_k{k}": radii.contiguous() for k, radii in reference.radii.items()})
     try:  # readers see the old file or the whole new one, never half of it
-        write_atomically(path, lambda temp_path: save_file(tensors, temp_path))
+        write_bytes_atomically(path, safetensors_bytes(tensors))
     except (OSError, SafetensorError) as error:
         warnings.warn(f"could not cache reference statistics in {path.parent} ({error}); they will be recomputed next time")

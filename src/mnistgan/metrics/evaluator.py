@@ -25,11 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..data import NUM_CLASSES, load_mnist, to_unit_range
 from ..errors import UserError
-from ..files import write_atomically
+from ..files import write_bytes_atomically
 
 WEIGHTS_PATH = Path(__file__).with_name("evaluator.safetensors")
 # SHA-256 of the shipped weights file, written by `mnistgan train-evaluator` with the
@@ -282,12 +283,10 @@ def train_evaluator(
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     recipe = {"seed": seed, "epochs": epochs, "test_accuracy": round(test_accuracy, 4)}
 
-    def write(temp_path: str) -> None:
-        save_file(state, temp_path, metadata={"mnistgan_evaluator": json.dumps(recipe, sort_keys=True)})
-
+    serialised = safetensors_bytes(state, metadata={"mnistgan_evaluator": json.dumps(recipe, sort_keys=True)})
     try:
-        write_atomically(out_path, write, durable=True)
-    except (OSError, SafetensorError) as error:
+        write_bytes_atomically(out_path, serialised, durable=True)
+    except OSError as error:
         raise UserError(f"cannot write the evaluator weights to {out_path} ({error}); choose another output path") from None
     sha256 = sha256_of(out_path)
     return {
