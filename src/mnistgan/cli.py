@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     train_evaluator.add_argument("--device", default="cpu", help="cpu (default: bit-for-bit reproducible) or cuda")
     train_evaluator.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files")
 
+    report = commands.add_parser("report", help="write a run's report: one HTML page with its samples, curves, quality and config",
+                                 description="Write a self-contained HTML page of a run (training writes one at its end; "
+                                             "`evaluate --run` refreshes it).")
+    report.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory made by `mnistgan train`")
+    report.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+
     presets = commands.add_parser("presets", help="list the presets, or show one's full config")
     presets.add_argument("--show", metavar="NAME", help="print this preset's full resolved config as TOML")
     return parser
@@ -223,20 +229,11 @@ def _sample(args) -> int:
     return 0
 
 
-METRIC_LABELS = [  # key, label, which way is better
-    ("fd", "Fréchet distance", "lower"), ("kid", "kernel distance (KID)", "lower"),
-    ("precision", "precision (k=3)", "higher"), ("recall", "recall (k=3)", "higher"),
-    ("density", "density (k=5)", "higher"), ("coverage", "coverage (k=5)", "higher"),
-    ("digits_covered", "digits covered", "higher"), ("class_kl", "class KL from real", "lower"),
-    ("classifier_score", "classifier score", "higher"), ("mean_confidence", "mean confidence", "higher"),
-    ("confident_fraction", "share confidently classified", "higher"), ("conditional_accuracy", "conditional accuracy", "higher"),
-]
-
-
 def _evaluate(args) -> int:
     import json
 
     from . import api
+    from .report import METRIC_LABELS
 
     if args.real:
         result = api.evaluate_real(args.n, args.device)
@@ -261,7 +258,18 @@ def _evaluate(args) -> int:
             print(f"{label:<30} {result[key]:>10.4g} {floor_text}  {better}")
     print("class histogram (share of each digit 0-9): " + " ".join(f"{share:.3f}" for share in result["class_histogram"]))
     if args.run:
-        print(f"wrote {Path(args.run) / 'metrics.json'}")
+        print(f"wrote {Path(args.run) / 'metrics.json'} and refreshed {Path(args.run) / 'report.html'}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    try:
+        out = write_report(args.run, args.out)
+    except OSError as error:
+        raise UserError(f"cannot write the report ({error.strerror or error}); choose another --out") from None
+    print(f"wrote {out}")
     return 0
 
 
@@ -293,7 +301,8 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "train-evaluator": _train_evaluator, "presets": _presets}
+COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report, "train-evaluator": _train_evaluator,
+            "presets": _presets}
 
 
 if __name__ == "__main__":

@@ -69,6 +69,10 @@ class RunPaths:
     def metrics_json(self) -> Path:  # written by `mnistgan evaluate`
         return self.root / "metrics.json"
 
+    @property
+    def report(self) -> Path:  # one self-contained HTML page of all the above
+        return self.root / "report.html"
+
     def sample_image(self, epoch: int) -> Path:
         return self.samples / f"image_at_epoch_{epoch:04d}.png"
 

@@ -565,6 +565,10 @@ def _train(config: Config, where: SimpleNamespace, *, data_dir, resume: bool, pr
         if final:
             save_gif(paths.sample_images(), paths.progress_gif)
         save_generator(sampler, config.to_dict(), paths.generator, "ema" if ema is not None else "raw")
+        if final:
+            from .report import write_report
+
+            write_report(paths.root)
 
     # -- Ctrl-C / SIGTERM: finish the step, checkpoint, stop -------------------------------------
     previous_handlers = {}
