@@ -22,6 +22,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# The handle of the last collective, held until the next one. A gloo worker thread that destroys a
+# finished collective releases its tensors, which needs the GIL; if the process has begun to exit
+# by then, it aborts ("terminate called without an active exception"). The run's last collectives
+# (the replica check, a stop agreed on) come just before exit, so their handles are kept here: the
+# worker then only lets go of its reference, and this process destroys the work itself, GIL held.
+_last_collective: list = []
+
+
+def _collective(start):
+    """Run ``start(async_op=True)``, wait for it, and keep its handle (see ``_last_collective``)."""
+    work = start(async_op=True)
+    work.wait()
+    _last_collective[:] = [work]
+
+
 @dataclass(frozen=True)
 class Distributed:
     rank: int = 0
@@ -64,7 +79,7 @@ class Distributed:
         if not self.enabled:
             return flag
         value = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        _collective(lambda async_op: dist.all_reduce(value, op=dist.ReduceOp.MAX, async_op=async_op))
         return bool(value.item())
 
     def check_replicas(self, *networks: torch.nn.Module) -> str:
@@ -75,10 +90,14 @@ class Distributed:
                 digest.update(parameter.detach().float().cpu().numpy().tobytes())
         local = digest.hexdigest()
         if self.enabled:
-            digests = [None] * self.world_size
-            dist.all_gather_object(digests, local)
-            if len(set(digests)) != 1:
-                raise RuntimeError(f"the {self.world_size} processes ended with different weights: {sorted(set(digests))}")
+            # all_gather rather than all_gather_object, whose handle cannot be kept (see _last_collective).
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+            gathered = [torch.zeros(digest.digest_size, dtype=torch.uint8, device=device) for _ in range(self.world_size)]
+            mine = torch.tensor(list(digest.digest()), dtype=torch.uint8, device=device)
+            _collective(lambda async_op: dist.all_gather(gathered, mine, async_op=async_op))
+            digests = {bytes(tensor.cpu().tolist()).hex() for tensor in gathered}
+            if len(digests) != 1:
+                raise RuntimeError(f"the {self.world_size} processes ended with different weights: {sorted(digests)}")
         return local
 
     def close(self) -> None:
