@@ -2,7 +2,9 @@
 
 import base64
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,41 @@ def test_the_report_command(run_dir, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "is not a directory" in error
     assert write_report(run_dir) == run_dir / "report.html"
+
+
+def copy_of(run_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "copy"))
+
+
+def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, tmp_path, capsys):
+    copy = copy_of(run_dir, tmp_path)
+    with open(copy / "losses.csv", "a") as handle:
+        handle.write("41,4,0.5")  # a row cut short by a kill
+    (copy / "metrics.json").write_text('{"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": null')  # cut short
+    page = render_report(RunPaths(copy))
+    assert "metrics.json cannot be read" in page and "<script>" not in page
+    (copy / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": None}))
+    page = render_report(RunPaths(copy))
+    assert "&lt;script&gt;x&lt;/script&gt; samples" in page and "<td class=\"number\">None</td>" in page
+    assert main(["evaluate", "--run", str(copy), "--n", "200", "--device", "cpu"]) == 0  # the report is a view: no traceback
+    assert "Fréchet distance" in (copy / "report.html").read_text()
+
+
+def test_quality_measured_before_more_training_is_marked_stale(run_dir, tmp_path):
+    copy = copy_of(run_dir, tmp_path)
+    (copy / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": 300, "weights": str(copy / "generator.safetensors")}))
+    assert "Stale" not in render_report(RunPaths(copy))
+    later = (copy / "metrics.json").stat().st_mtime + 10
+    os.utime(copy / "generator.safetensors", (later, later))  # the generator was written again since
+    assert "<strong>Stale:</strong> the run trained on after this evaluation" in render_report(RunPaths(copy))
+
+
+@pytest.mark.parametrize("out, message", [(".", "is a folder; give the report's file name"),
+                                          ("missing/r.html", "does not exist")])
+def test_report_out_errors_are_one_line(run_dir, tmp_path, capsys, out, message):
+    assert main(["report", "--run", str(run_dir), "--out", str(tmp_path / out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and message in error
+    assert not (tmp_path / "missing").exists()

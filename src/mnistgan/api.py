@@ -247,10 +247,10 @@ class Run:
             result["conditional_accuracy"] = metrics.conditional_accuracy(images, digits, device=torch_device)
         result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset)
         if save and self.paths is not None:
-            from .report import write_report
+            from .report import refresh_report
 
             write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
-            write_report(self.paths.root)
+            refresh_report(self.paths.root)
         return result
 
     def _repr_png_(self) -> bytes:

@@ -263,13 +263,20 @@ def _evaluate(args) -> int:
 
 
 def _report(args) -> int:
+    from .files import describe_os_error
     from .report import write_report
 
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give the report's file name, e.g. {out / 'report.html'}")
+        if not out.parent.is_dir():
+            raise UserError(f"--out: the folder {out.parent} does not exist")
     try:
-        out = write_report(args.run, args.out)
+        written = write_report(args.run, args.out)
     except OSError as error:
-        raise UserError(f"cannot write the report ({error.strerror or error}); choose another --out") from None
-    print(f"wrote {out}")
+        raise UserError(f"cannot make the report: {describe_os_error(error)}") from None
+    print(f"wrote {written}")
     return 0
 
 

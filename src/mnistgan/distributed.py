@@ -33,8 +33,8 @@ _last_collective: list = []
 def _collective(start):
     """Run ``start(async_op=True)``, wait for it, and keep its handle (see ``_last_collective``)."""
     work = start(async_op=True)
+    _last_collective[:] = [work]  # before waiting: a wait that fails ends the process too
     work.wait()
-    _last_collective[:] = [work]
 
 
 @dataclass(frozen=True)
@@ -102,4 +102,4 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # _last_collective stays: a worker may not have let go of it yet

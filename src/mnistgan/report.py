@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import warnings
 from pathlib import Path
 
 from .config import Config, load_toml
@@ -40,9 +41,18 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+def refresh_report(run_dir: Path) -> None:
+    """``write_report`` for training and evaluation: the report is only a view of the run, so failing
+    to write it warns instead of ending them."""
+    try:
+        write_report(run_dir)
+    except Exception as error:  # a full disk, a damaged file: the run itself is whole
+        warnings.warn(f"could not write {Path(run_dir) / 'report.html'} ({error}); `mnistgan report --run` tries again")
+
+
 def render_report(paths: RunPaths) -> str:
     config = load_toml(paths.config, stored=True)
-    losses = read_csv_columns(paths.losses) if paths.losses.is_file() else {}
+    losses = _read_losses(paths.losses)
     title = f"{config.preset or 'custom config'}: {paths.root.name}"
     parts = [f"<h1>{_text(title)}</h1>"]
     if config.description:
@@ -60,11 +70,21 @@ def render_report(paths: RunPaths) -> str:
     parts += ["<h2>Samples and curves</h2>", "".join(figures) or "<p>No pictures yet: the run has not reached its first sample epoch.</p>"]
 
     parts.append("<h2>Quality</h2>")
-    if paths.metrics_json.is_file():
-        parts.append(_quality(json.loads(paths.metrics_json.read_text())))
+    command = f"<code>mnistgan evaluate --run {_text(str(paths.root))}</code>"
+    try:
+        result = json.loads(paths.metrics_json.read_text()) if paths.metrics_json.is_file() else None
+    except ValueError:
+        result = None
+        parts.append(f"<p>metrics.json cannot be read; {command} writes it again.</p>")
+    if isinstance(result, dict):
+        parts.append(_quality(result, paths, command))
+    elif paths.metrics_json.is_file():
+        pass  # damaged: said above
+    elif paths.metrics_csv.is_file():
+        parts.append(f"<p>Measured during training only (the curve above, on {config.train.eval_samples} samples); "
+                     f"{command} measures the final generator on 10,000 and adds the numbers here.</p>")
     else:
-        parts.append(f"<p>Not evaluated yet: <code>mnistgan evaluate --run {_text(str(paths.root))}</code> measures it "
-                     "and adds the numbers here.</p>")
+        parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here.</p>")
     parts += ["<h2>Config</h2>", f"<pre>{_text(paths.config.read_text())}</pre>"]
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
@@ -91,13 +111,29 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _quality(result: dict) -> str:
-    rows = [(label, f"{result[key]:.4g}", f"{better} is better") for key, label, better in METRIC_LABELS if key in result]
-    where = (f"<p>{result.get('n', '?')} samples against the {_text(str(result.get('reference', 'test')))} set, "
-             f"weights from {_text(str(result.get('weights', '?')))}.</p>")
+def _quality(result: dict, paths: RunPaths, command: str) -> str:
+    rows = [(label, _number(result[key]), f"{better} is better") for key, label, better in METRIC_LABELS if key in result]
+    weights = Path(str(result.get("weights", "")))
+    where = (f"<p>{_text(str(result.get('n', '?')))} samples against the {_text(str(result.get('reference', 'test')))} set, "
+             f"weights from {_text(str(weights))}.</p>")
+    if weights.is_file() and weights.stat().st_mtime > paths.metrics_json.stat().st_mtime:
+        where += f"<p><strong>Stale:</strong> the run trained on after this evaluation; {command} measures it again.</p>"
     histogram = result.get("class_histogram")
-    digits = ("<p>Share of each digit 0–9: " + " ".join(f"{share:.3f}" for share in histogram) + "</p>") if histogram else ""
+    digits = ("<p>Share of each digit 0–9: " + " ".join(_number(share, ".3f") for share in histogram) + "</p>"
+              if isinstance(histogram, list) else "")
     return where + _table(rows, numeric_column=1) + digits
+
+
+def _read_losses(path: Path) -> dict:
+    """losses.csv's columns, or none if it is missing or damaged (a row cut short, say: resume trims it)."""
+    try:
+        return read_csv_columns(path) if path.is_file() else {}
+    except (ValueError, TypeError, KeyError):
+        return {}
+
+
+def _number(value, spec: str = ".4g") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else _text(str(value))
 
 
 def _table(rows: list[tuple[str, ...]], numeric_column: int | None = None) -> str:

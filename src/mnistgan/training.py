@@ -566,9 +566,9 @@ def _train(config: Config, where: SimpleNamespace, *, data_dir, resume: bool, pr
             save_gif(paths.sample_images(), paths.progress_gif)
         save_generator(sampler, config.to_dict(), paths.generator, "ema" if ema is not None else "raw")
         if final:
-            from .report import write_report
+            from .report import refresh_report
 
-            write_report(paths.root)
+            refresh_report(paths.root)
 
     # -- Ctrl-C / SIGTERM: finish the step, checkpoint, stop -------------------------------------
     previous_handlers = {}
@@ -706,7 +706,7 @@ def _remove_stale_temporaries(paths: RunPaths) -> None:
     """Temporaries of training's own writes that a killed run left behind; another command's (say, an
     ``evaluate`` writing metrics.json beside a resuming run) are left to it."""
     own = {path.name for path in (paths.config, paths.loss_curves, paths.metric_curves, paths.progress_gif, paths.generator,
-                                  paths.last_checkpoint, paths.best_checkpoint)}
+                                  paths.report, paths.last_checkpoint, paths.best_checkpoint)}
     for folder in (paths.root, paths.samples, paths.checkpoints):
         for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
             target = temporary_target(temporary.name)
