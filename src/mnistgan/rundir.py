@@ -228,11 +228,11 @@ class RunDirClaim:
         if not str(out).strip():
             raise UserError("--out is empty; give the folder for the run (or leave it out for a new one under runs/)")
         path = Path(out)
-        if (path / "config.toml").exists():
+        if RunPaths(path).config.exists():
             training = RunLock.training_now(path)
             if training:
                 raise UserError(f"{path} holds a run that is training right now; choose another --out")
-            if not (path / "checkpoints" / "last.pt").is_file():
+            if not RunPaths(path).last_checkpoint.is_file():
                 raise UserError(no_checkpoint_message(path, training, "to train there again, or choose another --out"))
             raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
         self._make_folders(path)
@@ -262,7 +262,7 @@ class RunDirClaim:
                 kind = "a symbolic link to nothing" if folder.is_symlink() else "a file"
                 raise UserError(f"cannot make {path}: {folder} is {kind}; choose another --out") from None
             except OSError as error:
-                raise UserError(_unwritable(path, error)) from None
+                raise UserError(unwritable_folder_message(path, error)) from None
             self.made.append(folder)
 
     def _lock(self, path: Path) -> None:
@@ -272,18 +272,19 @@ class RunDirClaim:
             raise UserError(f"another run is starting in {path}; choose another --out")
 
     def _create_config(self, path: Path, config_text: str) -> None:
+        config = RunPaths(path).config
         try:
-            handle = open(path / "config.toml", "x")  # "x": fails if another run created it first
+            handle = open(config, "x")  # "x": fails if another run created it first
         except FileExistsError:
             raise UserError(f"another run is starting in {path}; choose another --out") from None
         except OSError as error:
-            raise UserError(_unwritable(path, error)) from None
-        self.config_made = path / "config.toml"
+            raise UserError(unwritable_folder_message(path, error)) from None
+        self.config_made = config
         try:
             with handle:
                 handle.write(config_text)
         except OSError as error:
-            raise UserError(_unwritable(path, error)) from None
+            raise UserError(unwritable_folder_message(path, error)) from None
 
     def close(self) -> None:
         """Drop the folder's lock: the run is over."""
@@ -292,7 +293,7 @@ class RunDirClaim:
 
     def release(self) -> None:
         """Undo the claim of a run that never started (training makes ``samples/`` when it starts)."""
-        if (self.path / "samples").exists():
+        if RunPaths(self.path).samples.exists():
             self.close()
         else:
             self._give_back()
@@ -310,7 +311,8 @@ class RunDirClaim:
                 break
 
 
-def _unwritable(path: Path, error: OSError) -> str:
+def unwritable_folder_message(path: Path, error: OSError) -> str:
+    """Why a run folder cannot be written, and what to do (a full disk has its own remedy)."""
     remedy = "free some space or choose another --out" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another with --out"
     return f"cannot write to the output directory {path} ({error.strerror}); {remedy}"
 

@@ -33,7 +33,7 @@ from .errors import UserError
 from .files import describe_os_error, temporary_target, write_bytes_atomically, write_text_atomically
 from .models import build_discriminator, build_generator, sample_latent
 from .plots import image_grid, plot_losses, plot_metrics, read_csv_columns, save_gif, save_image
-from .rundir import RunPaths
+from .rundir import RunPaths, unwritable_folder_message
 
 STAT_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake")
 GRID_SIZE = 16  # fixed-noise samples in the 4x4 grid
@@ -537,7 +537,7 @@ def _train(config: Config, where: SimpleNamespace, *, data_dir, resume: bool, pr
             paths.samples.mkdir(parents=True, exist_ok=True)
             write_text_atomically(paths.config, config.to_toml())
         except OSError as error:
-            raise UserError(f"cannot write to the output directory {paths.root} ({error.strerror}); choose another with --out") from None
+            raise UserError(unwritable_folder_message(paths.root, error)) from None
 
     def checkpoint_state() -> dict:
         return {
