@@ -35,7 +35,8 @@ from naive import NaiveLoop  # noqa: E402
 
 from mnistgan.config import load_preset, parse_overrides, preset_names  # noqa: E402
 from mnistgan.data import load_mnist  # noqa: E402
-from mnistgan.training import build_training, configure_backends, epoch_order, resolve_device, resolve_precision  # noqa: E402
+from mnistgan.devices import configure_backends, resolve_device, resolve_precision  # noqa: E402
+from mnistgan.step import build_training, epoch_order  # noqa: E402
 
 TRAINING_IMAGES = 60_000
 # Variants: a name and the config overrides that make it. "naive" is the reference loop.

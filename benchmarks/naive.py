@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mnistgan import losses
 from mnistgan.config import Config
-from mnistgan.models import build_discriminator, build_generator, sample_latent
+from mnistgan.models import build_discriminator, build_generator
+from mnistgan.sampling import sample_latent
 
 
 class NaiveLoop:

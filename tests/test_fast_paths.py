@@ -16,7 +16,7 @@ import torch
 
 from mnistgan.config import load_preset
 from mnistgan.data import load_mnist
-from mnistgan.training import build_training, epoch_order
+from mnistgan.step import build_training, epoch_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from naive import NaiveLoop  # noqa: E402

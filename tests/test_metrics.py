@@ -180,23 +180,23 @@ def test_class_statistics():
 def small_reference(monkeypatch, tmp_path):
     """Reference sets of 1,000 images, cached under a temporary directory."""
     monkeypatch.setenv("MNISTGAN_CACHE_DIR", str(tmp_path / "mnist"))
-    monkeypatch.setattr(metrics, "REFERENCE_SIZE", 1000)
-    monkeypatch.setattr(metrics, "_in_memory", {})
+    monkeypatch.setattr(metrics.scoring, "REFERENCE_SIZE", 1000)
+    monkeypatch.setattr(metrics.scoring, "_in_memory", {})
     return tmp_path / "reference"
 
 
 def test_evaluate_images_returns_every_key_and_caches_the_reference(small_reference):
     images = to_unit_range(load_mnist("train").images[:300])
     first = metrics.evaluate_images(images)
-    assert set(first) == set(metrics.METRIC_KEYS)
+    assert set(first) == set(metrics.METRIC_KEYS) - {"conditional_accuracy"}
     assert first["n"] == 300 and len(first["class_histogram"]) == 10
     cached = list(small_reference.glob("test-first1000-evaluator-*.safetensors"))
-    assert len(cached) == 1 and metrics.WEIGHTS_SHA256[:16] in cached[0].name
+    assert len(cached) == 1 and metrics.evaluator.WEIGHTS_SHA256[:16] in cached[0].name
     # a new process reads the file instead of recomputing, and gets the same numbers
-    metrics._in_memory.clear()
+    metrics.scoring._in_memory.clear()
     assert metrics.evaluate_images(images) == first
     # a damaged cache file is rebuilt, not trusted
-    metrics._in_memory.clear()
+    metrics.scoring._in_memory.clear()
     cached[0].write_bytes(b"not a safetensors file")
     assert metrics.evaluate_images(images) == first
     assert len(cached[0].read_bytes()) > 100_000

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from mnistgan.config import load_preset
-from mnistgan.models import build_discriminator, build_generator, count_parameters, sample_latent
+from mnistgan.models import build_discriminator, build_generator, count_parameters
+from mnistgan.sampling import sample_latent
 from mnistgan.models.dcgan import same_transposed_padding
 
 # Trainable parameter counts. The TF tutorial's are Keras' model.summary() totals minus BatchNorm's

@@ -8,9 +8,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mnistgan
+from mnistgan import devices, rundir
+from mnistgan import step as step_module
 from mnistgan import training as train_module
 from mnistgan.checkpoint import load_checkpoint
 from mnistgan.errors import UserError
+from mnistgan.step import STAT_COLUMNS
 
 from conftest import TINY_DCGAN, TINY_MLP
 
@@ -54,7 +57,7 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
     settings = {**TINY_DCGAN, "train.epochs": 2, "train.ema_decay": 0.9}
     mnistgan.train("keras-dcgan", overrides=settings, out=tmp_path / "straight")
 
-    original_run, calls = train_module.StepRunner.run, []
+    original_run, calls = step_module.StepRunner.run, []
 
     def run_then_interrupt(self, remaining):
         ran = original_run(self, remaining)
@@ -63,10 +66,10 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGINT)
         return ran
 
-    monkeypatch.setattr(train_module.StepRunner, "run", run_then_interrupt)
+    monkeypatch.setattr(step_module.StepRunner, "run", run_then_interrupt)
     with pytest.raises(train_module.TrainingInterrupted, match="interrupted at epoch 2, step 3; checkpoint saved"):
         mnistgan.train("keras-dcgan", overrides=settings, out=tmp_path / "interrupted")
-    monkeypatch.setattr(train_module.StepRunner, "run", original_run)
+    monkeypatch.setattr(step_module.StepRunner, "run", original_run)
     state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 3)
 
@@ -143,7 +146,7 @@ def test_a_resume_that_cannot_start_leaves_the_config_alone(tmp_path):
     run_dir = tmp_path / "run"
     mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2}, out=run_dir)
     config = (run_dir / "config.toml").read_text()
-    with pytest.raises(UserError, match="--epochs must be at least 2"):
+    with pytest.raises(UserError, match="epochs= must be at least 2"):
         mnistgan.train(resume=run_dir, epochs=1)
     with pytest.raises(UserError, match="lacks the MNIST file"):
         mnistgan.train(resume=run_dir, epochs=3, data_dir=tmp_path)
@@ -231,7 +234,7 @@ def test_the_reported_losses_are_the_configured_losses(kind):
     config = load_preset("mlp-gan").replace({**TINY_MLP, "loss.adversarial": kind, "loss.gp_lambda": 0.0,
                                              "loss.label_smoothing": 0.0 if kind in ("hinge", "wasserstein-gp") else 0.2})
     split = load_mnist("train")
-    parts = train_module.build_training(config, torch.device("cpu"), split.images[:64], split.labels[:64], 32, 2, "fp32")
+    parts = step_module.build_training(config, torch.device("cpu"), split.images[:64], split.labels[:64], 32, 2, "fp32")
     parts.step.order.copy_(torch.arange(64))
     outputs = []
     parts.discriminator.register_forward_hook(lambda module, inputs, output: outputs.append(output.detach().clone()))
@@ -262,7 +265,7 @@ def test_conditional_sampling_returns_the_requested_digits_in_order(tmp_path):
     assert per_digit.shape == (30, 1, 28, 28)
     # Row 7 of the digit grid is what asking for sevens with the same noise gives.
     z_generator = torch.Generator().manual_seed(1)
-    z = mnistgan.models.sample_latent(run.config.model, 3, "cpu", z_generator)
+    z = mnistgan.sampling.sample_latent(run.config.model, 3, "cpu", z_generator)
     expected = run.generator(z, torch.full((3,), 7))
     torch.testing.assert_close(per_digit[21:24], expected.detach())
     from PIL import Image
@@ -276,21 +279,21 @@ def test_auto_and_bare_cuda_resolve_to_an_indexed_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for name in ("auto", "cuda", "cuda:0"):
-        assert train_module.resolve_device(name) == torch.device("cuda", 0)
+        assert devices.resolve_device(name) == torch.device("cuda", 0)
     with pytest.raises(UserError, match="does not exist"):
-        train_module.resolve_device("cuda:3")
+        devices.resolve_device("cuda:3")
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, native_bf16):
-    monkeypatch.setattr(train_module, "cpu_computes_bf16", lambda: native_bf16)
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     for preset in ("tf-dcgan-tutorial", "mlp-gan"):
         config = load_preset(preset)
-        assert train_module.resolve_precision(config, cpu) == ("bf16" if native_bf16 else "fp32")
-        assert train_module.resolve_precision(config.replace({"performance.precision": "fp32"}), cpu) == "fp32"
-    assert train_module.resolve_precision(load_preset("tf-dcgan-tutorial"), cuda) == "bf16"
-    assert train_module.resolve_precision(load_preset("mlp-gan"), cuda) == "fp32"  # TF32 beats bf16 at batch 64
+        assert devices.resolve_precision(config, cpu) == ("bf16" if native_bf16 else "fp32")
+        assert devices.resolve_precision(config.replace({"performance.precision": "fp32"}), cpu) == "fp32"
+    assert devices.resolve_precision(load_preset("tf-dcgan-tutorial"), cuda) == "bf16"
+    assert devices.resolve_precision(load_preset("mlp-gan"), cuda) == "fp32"  # TF32 beats bf16 at batch 64
 
 
 def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
@@ -328,25 +331,33 @@ def test_a_run_written_before_feature_order_existed_samples_and_resumes_as_it_tr
 
 
 def test_a_closed_pipe_anywhere_in_training_still_checkpoints(tmp_path, monkeypatch):
-    # The progress bar's stream, say, rather than the epoch lines (those only ask training to stop).
-    def closed_pipe(*args, **kwargs):
-        raise BrokenPipeError()
+    # The progress bar's stream rather than the epoch lines (those only ask training to stop).
+    import tqdm.auto
 
-    monkeypatch.setattr(train_module, "_append_losses", closed_pipe)
+    original_update, updates = tqdm.auto.tqdm.update, []
+
+    def update_into_a_closed_pipe(self, n=1):
+        updates.append(n)
+        if len(updates) == 10:  # epoch 2, step 2 (8 steps per epoch)
+            raise BrokenPipeError()
+        return original_update(self, n)
+
+    monkeypatch.setattr(tqdm.auto.tqdm, "update", update_into_a_closed_pipe)
     with pytest.raises(train_module.TrainingInterrupted) as stopped:
-        mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 3}, out=tmp_path / "run")
+        mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 3}, out=tmp_path / "run", progress=True)
     assert stopped.value.exit_status == 141
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
 
 
 @pytest.mark.parametrize("content", ["", "step,epo", "step,epoch,d_loss\n1,1,0.5\n2,2,0.4\n3,3,0."])
 def test_a_log_cut_short_by_a_full_disk_is_repaired_on_resume(tmp_path, content):
     path = tmp_path / "losses.csv"
     path.write_text(content)
-    train_module._truncate_csv(path, completed_epochs=1)
+    rundir.truncate_csv(path, completed_epochs=1)
     if "\n" in content:  # a whole header: the rows after the checkpoint and the cut row go
         assert path.read_text() == "step,epoch,d_loss\n1,1,0.5\n"
     else:  # no whole header: the file starts again, header first
         assert not path.exists()
-        train_module._append_losses(path, torch.ones(2, 4), epoch=1, steps_per_epoch=2, log_every=1)
+        rundir.append_csv(path, ("step", "epoch") + STAT_COLUMNS, train_module.loss_rows(torch.ones(2, 4), epoch=1, log_every=1))
         assert path.read_text().splitlines()[0] == "step,epoch,d_loss,g_loss,d_real,d_fake"

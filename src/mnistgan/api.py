@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,76 +20,51 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint, load_weights, read_generator_file
-from .config import DEFAULT_PRESET, Config, load_preset, load_toml, parse_overrides, stored_config_from_dict
-from .errors import UserError
-from .files import write_text_atomically
-from .models import build_generator, sample_latent
-from .plots import image_grid, read_csv_columns
+from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, SHORTCUTS, Config, load_preset, load_toml, parse_overrides,
+                     shortcut_overrides, stored_config_from_dict)
+from .devices import resolve_device
 from .distributed import is_main_process
-from .rundir import RunDirClaim, RunLock, no_checkpoint_message, require_run_dir
-from .training import CONDITIONAL_GRID_COLUMNS, generate
+from .errors import UserError, option
+from .files import write_text_atomically
+from .metrics import conditional_accuracy, evaluate_images
+from .metrics import evaluate_real as evaluate_real_images
+from .metrics.samples import load_samples
+from .models import build_generator
+from .plots import image_grid
+from .report import refresh_report
+from .rundir import RunDirClaim, lock_for_resume, read_csv_columns, require_run_dir
+from .sampling import CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, sample_latent
 from .training import train as run_training
 
 
-def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[str] | None = None, **flags) -> Config:
+def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[str] | None = None, **shortcuts) -> Config:
     """A preset's config with overrides applied: ``{"section.key": value}`` or ``["section.key=value"]``.
 
-    ``flags`` are the common shortcuts: epochs, batch_size, lr (both networks), seed, device,
-    subset, conditional, eval_every.
+    ``shortcuts`` are the common settings of ``config.SHORTCUTS``: epochs, batch_size, lr (both
+    networks), seed, subset, eval_every, conditional, device.
     """
-    config = load_preset(preset or DEFAULT_PRESET)
+    config = load_preset(DEFAULT_PRESET if preset is None else preset)
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(list(overrides))
-    shortcuts = {
-        "epochs": ["train.epochs"], "batch_size": ["train.batch_size"], "seed": ["train.seed"],
-        "subset": ["train.subset"], "eval_every": ["train.eval_every"], "device": ["performance.device"],
-        "lr": ["optim.generator_lr", "optim.discriminator_lr"], "conditional": ["model.conditional"],
-    }
-    merged: dict[str, Any] = {}
-    for name, value in flags.items():
-        if name not in shortcuts:
-            raise TypeError(f"unknown option {name!r}")
-        if value is not None:
-            merged.update({key: value for key in shortcuts[name]})
-    merged.update(overrides or {})
-    return config.replace(merged)
+    return config.replace({**shortcut_overrides(shortcuts), **(overrides or {})})
 
 
-def train(preset: str | None = None, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-          seed: int | None = None, device: str | None = None, subset: int | None = None, conditional: bool | None = None,
-          eval_every: int | None = None, overrides: dict[str, Any] | list[str] | None = None, out: str | Path | None = None,
-          data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool | None = None) -> "Run":
+def train(preset: str | None = None, *, overrides: dict[str, Any] | list[str] | None = None, out: str | Path | None = None,
+          data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool | None = None,
+          **shortcuts) -> "Run":
     """Train a preset (default: the recommended one) and return the finished :class:`Run`.
 
-    ``out`` is the run directory (default: a new numbered folder under ``runs/``). With
-    ``resume=RUN_DIR`` training continues that run to ``epochs`` epochs in total; only
-    ``epochs`` and ``device`` may change then. Ctrl-C stops after saving a checkpoint.
+    ``shortcuts`` are the common settings (``config.SHORTCUTS``): ``epochs``, ``batch_size``, ``lr``,
+    ``seed``, ``subset``, ``eval_every``, ``conditional``, ``device``. ``out`` is the run directory
+    (default: a new numbered folder under ``runs/``). With ``resume=RUN_DIR`` training continues
+    that run to ``epochs`` epochs in total; only ``epochs`` and ``device`` may change then. Ctrl-C
+    stops after saving a checkpoint.
     """
+    shortcut_overrides(shortcuts)  # unknown names fail here, before anything is touched
     if resume is not None:
-        changed = [name for name, value in dict(preset=preset, batch_size=batch_size, lr=lr, seed=seed, subset=subset,
-                                                 conditional=conditional, eval_every=eval_every, overrides=overrides, out=out).items()
-                   if value not in (None, [], {})]
-        if changed:
-            raise UserError(f"--resume continues a run as it was configured; only --epochs and --device may change (not {', '.join(changed)})")
-        paths = require_run_dir(Path(resume))
-        lock = RunLock(paths.root)
-        # Under torchrun the first process alone locks and refuses; torchrun then ends the others.
-        if is_main_process() and not lock.acquire():
-            raise UserError(f"{paths.root} is training right now in another process; wait for it to end, or stop it first")
-        try:
-            if not paths.last_checkpoint.is_file():
-                raise UserError(no_checkpoint_message(paths.root, False if lock.held else None,
-                                                      "and train again, or train into another --out"))
-            config = load_toml(paths.config, stored=True)
-            changes = {key: value for key, value in (("train.epochs", epochs), ("performance.device", device)) if value is not None}
-            config = config.replace(changes)  # written to config.toml once the resume has started
-            run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
-        finally:
-            lock.release()
-        return Run(paths.root)
-    config = resolve_config(preset, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                            subset=subset, conditional=conditional, eval_every=eval_every)
-    name = preset or DEFAULT_PRESET
+        return _resume(resume, data_dir, progress, preset=preset, overrides=overrides, out=out, **shortcuts)
+    config = resolve_config(preset, overrides, **shortcuts)
+    name = DEFAULT_PRESET if preset is None else preset
     if not is_main_process():  # under torchrun only the first process writes; the others train into its folder
         paths = run_training(config, Path(out) if out is not None else Path("runs"), data_dir=data_dir, progress=progress)
         return Run(paths.root)
@@ -102,21 +78,31 @@ def train(preset: str | None = None, *, epochs: int | None = None, batch_size: i
     return Run(paths.root)
 
 
+def _resume(run_dir: str | Path, data_dir, progress, **given) -> "Run":
+    changed = [name for name, value in given.items() if name not in RESUMABLE_SHORTCUTS and value not in (None, [], {})]
+    if changed:
+        allowed = " and ".join(option(name) for name in RESUMABLE_SHORTCUTS)
+        raise UserError(f"a resumed run continues as it was configured; only {allowed} may change "
+                        f"(not {', '.join(option(name) for name in changed)})")
+    paths, lock = lock_for_resume(Path(run_dir), is_main_process())
+    try:
+        config = load_toml(paths.config, stored=True)
+        resumable = {name: given.get(name) for name in RESUMABLE_SHORTCUTS}
+        config = config.replace(shortcut_overrides(resumable))  # written to config.toml once the resume has started
+        run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
+    finally:
+        lock.release()
+    return Run(paths.root)
+
+
 def evaluate_samples(path: str | Path, device: str = "auto") -> dict:
     """Score samples made by any tool: a .npy array or a folder of 28x28 PNG digits."""
-    from . import metrics
-    from .metrics.samples import load_samples
-    from .training import resolve_device
-
-    return metrics.evaluate_images(load_samples(path), device=resolve_device(device))
+    return evaluate_images(load_samples(path), device=resolve_device(device))
 
 
 def evaluate_real(n: int = 10_000, device: str = "auto") -> dict:
     """The real-data floor: ``n`` training images scored against the test set like samples."""
-    from . import metrics
-    from .training import resolve_device
-
-    return metrics.evaluate_real(n, device=resolve_device(device))
+    return evaluate_real_images(n, device=resolve_device(device))
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> "Run":
@@ -138,7 +124,7 @@ class Run:
         self.paths = require_run_dir(Path(run_dir)) if run_dir is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None and self.checkpoint.is_dir():
-            raise UserError(f"{self.checkpoint} is a directory; give a checkpoint file (.pt or .safetensors), or the run with --run")
+            raise UserError(f"{self.checkpoint} is a directory; give a checkpoint file (.pt or .safetensors), or the run with {option('run_dir')}")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint {self.checkpoint} does not exist")
         self.config = load_toml(self.paths.config, stored=True) if self.paths else None
@@ -181,7 +167,7 @@ class Run:
     def sample(self, n: int = 16, seed: int = 0, digit: int | None = None, device: str = "cpu") -> torch.Tensor:
         """``n`` generated images, float32 (n, 1, 28, 28) in [-1, 1]; ``digit`` picks the class (conditional runs)."""
         if n < 1:
-            raise UserError(f"--n must be at least 1; got {n}")
+            raise UserError(f"{option('n')} must be at least 1; got {n}")
         network = self.generator.to(device)
         labels = self._labels(n, digit, seed)
         generator = torch.Generator().manual_seed(seed)
@@ -191,21 +177,19 @@ class Run:
     def _labels(self, n: int, digit: int | None, seed: int) -> torch.Tensor | None:
         if not self.config.model.conditional:
             if digit is not None:
-                raise UserError("--digit needs a conditional run (train with --conditional)")
+                raise UserError(f"{option('digit')} needs a conditional run (train with {option('conditional')})")
             return None
         if digit is None:  # a conditional run asked for no digit: an even mix, in a seeded order
             return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)) % 10
         if not 0 <= digit <= 9:
-            raise UserError(f"--digit must be 0-9 or 'all'; got {digit}")
+            raise UserError(f"{option('digit')} must be 0-9 or 'all'; got {digit}")
         return torch.full((n,), digit, dtype=torch.long)
 
     def sample_digits(self, per_digit: int = CONDITIONAL_GRID_COLUMNS, seed: int = 0) -> torch.Tensor:
         """A conditional run's samples ordered digit by digit: (10 * per_digit, 1, 28, 28), the same noise per column."""
         if not self.config.model.conditional:
-            raise UserError("--digit all needs a conditional run (train with --conditional)")
-        z = sample_latent(self.config.model, per_digit, "cpu", torch.Generator().manual_seed(seed)).repeat(10, 1)
-        labels = torch.arange(10).repeat_interleave(per_digit)
-        return generate(self.generator, z, labels)
+            raise UserError(f"{option('digit')} all needs a conditional run (train with {option('conditional')})")
+        return generate(self.generator, *class_rows_inputs(self.config.model, per_digit, torch.Generator().manual_seed(seed)))
 
     def grid(self, n: int = 16, seed: int = 0, digit: int | str | None = None, scale: int = 2) -> Image.Image:
         """A PIL image of ``n`` samples (``digit="all"``: one row per digit, ``n`` per row)."""
@@ -234,28 +218,21 @@ class Run:
         Conditional runs also get ``conditional_accuracy``: how often the evaluator reads the
         digit that was asked for, over ``n`` samples with the digits in equal shares.
         """
-        from . import metrics
-        from .training import resolve_device
-
         torch_device = resolve_device(device)
         self.generator.to(torch_device)
-        result = metrics.evaluate_images(self.sample(n, seed, device=torch_device), reference=reference, device=torch_device)
+        result = evaluate_images(self.sample(n, seed, device=torch_device), reference=reference, device=torch_device)
         if self.config.model.conditional:
             digits = torch.arange(n) % 10
             z = sample_latent(self.config.model, n, "cpu", torch.Generator().manual_seed(seed + 1))
             images = generate(self.generator, z.to(torch_device), digits.to(torch_device))
-            result["conditional_accuracy"] = metrics.conditional_accuracy(images, digits, device=torch_device)
+            result["conditional_accuracy"] = conditional_accuracy(images, digits, device=torch_device)
         result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset)
         if save and self.paths is not None:
-            from .report import refresh_report
-
             write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
             refresh_report(self.paths.root)
         return result
 
     def _repr_png_(self) -> bytes:
-        import io
-
         buffer = io.BytesIO()
         self.grid(16).save(buffer, format="PNG")
         return buffer.getvalue()

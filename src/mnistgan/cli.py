@@ -14,7 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import UserError
+from .config import SHORTCUTS, key_field
+from .errors import UserError, command_line_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +51,18 @@ def _digit(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a digit 0-9 or 'all'")
 
 
+def _add_shortcut(group, name: str, keys: tuple[str, ...], help_text: str) -> None:
+    """A flag for one of config.SHORTCUTS, typed and range-checked from its config key."""
+    annotation, limits = key_field(keys[0])
+    flag, help_text = "--" + name.replace("_", "-"), f"{' and '.join(keys)}: {help_text}"
+    if annotation is bool:
+        group.add_argument(flag, action="store_true", default=None, help=help_text)
+    elif annotation is int:
+        group.add_argument(flag, type=_int_at_least(limits.get("low") or 0), help=help_text)
+    else:
+        group.add_argument(flag, type=float if annotation is float else str, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistgan", description="Train GANs that draw handwritten digits, sample them, measure them.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -61,16 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     main.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs epochs in total")
     main.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override any config value, e.g. --set loss.adversarial=hinge (repeatable)")
-    main.add_argument("--conditional", action="store_true", default=None, help="class-conditional G and D (model.conditional=true)")
-    hyper = train.add_argument_group("common hyperparameters (shortcuts for --set)")
-    hyper.add_argument("--epochs", type=_positive_int, help="train.epochs: passes over the training images")
-    hyper.add_argument("--batch-size", type=_positive_int, help="train.batch_size: real images per step (all processes)")
-    hyper.add_argument("--lr", type=float, help="learning rate of both networks (optim.generator_lr and optim.discriminator_lr)")
-    hyper.add_argument("--seed", type=_non_negative_int, help="train.seed")
-    hyper.add_argument("--subset", type=_positive_int, help="train.subset: train on the first N images")
-    hyper.add_argument("--eval-every", type=_non_negative_int, help="train.eval_every: evaluate every K epochs (0 = off)")
-    io = train.add_argument_group("devices and files")
-    io.add_argument("--device", help="performance.device: auto (default), cpu, cuda or cuda:N")
+    hyper = train.add_argument_group("common settings (shortcuts for --set)")
+    for name, (keys, help_text) in SHORTCUTS.items():
+        _add_shortcut(hyper, name, keys, help_text)
+    io = train.add_argument_group("files")
     io.add_argument("--out", metavar="DIR", help="run directory (default: a new numbered folder under runs/)")
     io.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (else $MNISTGAN_DATA_DIR, data/mnist, the cache, a download)")
     io.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="plain lines instead of a progress bar")
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     handle_term = threading.current_thread() is threading.main_thread() and int(os.environ.get("WORLD_SIZE", "1")) <= 1
     previous_handler = signal.signal(signal.SIGTERM, _terminated) if handle_term else None
     try:
-        code = COMMANDS[args.command](args)
+        with command_line_names():
+            code = COMMANDS[args.command](args)
         sys.stdout.flush()  # so that a closed pipe shows up here, not as an error at exit
         return code
     except UserError as error:
@@ -189,9 +197,9 @@ def _out_of_memory(error: RuntimeError) -> bool:
 def _train(args) -> int:
     from . import api
 
-    api.train(args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-              subset=args.subset, conditional=args.conditional, eval_every=args.eval_every, overrides=args.overrides,
-              out=args.out, data_dir=args.data_dir, resume=args.resume, progress=args.progress)
+    shortcuts = {name: getattr(args, name) for name in SHORTCUTS}
+    api.train(args.preset, overrides=args.overrides, out=args.out, data_dir=args.data_dir, resume=args.resume,
+              progress=args.progress, **shortcuts)
     return 0
 
 
@@ -233,7 +241,7 @@ def _evaluate(args) -> int:
     import json
 
     from . import api
-    from .report import METRIC_LABELS
+    from .metrics import METRIC_KEYS
 
     if args.real:
         result = api.evaluate_real(args.n, args.device)
@@ -252,10 +260,10 @@ def _evaluate(args) -> int:
     what = "real training images vs test images" if args.real else f"{result['n']} samples vs the {args.reference if not args.samples else 'test'} set"
     print(f"{what}")
     print(f"{'metric':<30} {'value':>10} {'real floor':>11}  better")
-    for key, label, better in METRIC_LABELS:
-        if key in result:
+    for key, key_info in METRIC_KEYS.items():
+        if key_info.label and key in result:
             floor_text = f"{floor[key]:>11.4g}" if floor and key in floor else f"{'':>11}"
-            print(f"{label:<30} {result[key]:>10.4g} {floor_text}  {better}")
+            print(f"{key_info.label:<30} {result[key]:>10.4g} {floor_text}  {key_info.better}")
     print("class histogram (share of each digit 0-9): " + " ".join(f"{share:.3f}" for share in result["class_histogram"]))
     if args.run:
         print(f"wrote {Path(args.run) / 'metrics.json'} and refreshed {Path(args.run) / 'report.html'}")

@@ -26,6 +26,21 @@ from .errors import UserError
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "recommended"
 
+# The common settings, one table for the CLI's flags (--batch-size) and the API's keyword arguments
+# (batch_size=): name -> (the config keys it sets, help).
+SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "epochs": (("train.epochs",), "passes over the training images"),
+    "batch_size": (("train.batch_size",), "real images per step (all processes)"),
+    "lr": (("optim.generator_lr", "optim.discriminator_lr"), "learning rate of both networks"),
+    "seed": (("train.seed",), "seeds the networks, the noise and the data order"),
+    "subset": (("train.subset",), "train on the first N images"),
+    "eval_every": (("train.eval_every",), "evaluate every K epochs (0 = off)"),
+    "conditional": (("model.conditional",), "class-conditional G and D"),
+    "device": (("performance.device",), "auto (default), cpu, cuda or cuda:N"),
+}
+# What a resumed run may change: anything else would not continue the same run.
+RESUMABLE_SHORTCUTS = ("epochs", "device")
+
 
 def _range(low=None, high=None, low_open=False):
     """Field metadata: the allowed interval of a number (``low_open``: low itself is not allowed)."""
@@ -241,6 +256,25 @@ def _check_consistency(config: Config) -> None:
         raise UserError("train.d_steps > 1 needs train.update = 'alternating'")
     if config.loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:
         raise UserError("wasserstein-gp's gradient penalty is per sample: turn off model.discriminator_batchnorm")
+
+
+def key_field(dotted: str) -> tuple[Any, dict]:
+    """The type annotation and range metadata of a config key such as ``train.epochs``."""
+    section, key = _split_key(dotted)
+    section_type = SECTION_TYPES[section]
+    field_ = next(f for f in dataclasses.fields(section_type) if f.name == key)
+    return get_type_hints(section_type)[key], dict(field_.metadata)
+
+
+def shortcut_overrides(shortcuts: dict[str, Any]) -> dict[str, Any]:
+    """``{"lr": 1e-3}`` -> ``{"optim.generator_lr": 1e-3, "optim.discriminator_lr": 1e-3}``; None values are skipped."""
+    overrides = {}
+    for name, value in shortcuts.items():
+        if name not in SHORTCUTS:
+            raise TypeError(f"unknown option {name!r}; the shortcuts are {', '.join(SHORTCUTS)}")
+        if value is not None:
+            overrides.update({key: value for key in SHORTCUTS[name][0]})
+    return overrides
 
 
 def parse_value(text: str) -> Any:

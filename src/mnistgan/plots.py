@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -44,15 +43,6 @@ def save_gif(frames: list[Path], path: Path, milliseconds_per_frame: int = 200) 
     durations = [milliseconds_per_frame] * (len(images) - 1) + [2000]
     write_atomically(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                                                       duration=durations, loop=0))
-
-
-def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
-    """A CSV of numbers as ``{column: array}``."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
 
 
 def _figure():

@@ -15,17 +15,8 @@ from pathlib import Path
 
 from .config import Config, load_toml
 from .files import write_text_atomically
-from .plots import read_csv_columns
-from .rundir import RunPaths, require_run_dir
-
-METRIC_LABELS = [  # key, label, which way is better
-    ("fd", "Fréchet distance", "lower"), ("kid", "kernel distance (KID)", "lower"),
-    ("precision", "precision (k=3)", "higher"), ("recall", "recall (k=3)", "higher"),
-    ("density", "density (k=5)", "higher"), ("coverage", "coverage (k=5)", "higher"),
-    ("digits_covered", "digits covered", "higher"), ("class_kl", "class KL from real", "lower"),
-    ("classifier_score", "classifier score", "higher"), ("mean_confidence", "mean confidence", "higher"),
-    ("confident_fraction", "share confidently classified", "higher"), ("conditional_accuracy", "conditional accuracy", "higher"),
-]
+from .metrics import METRIC_KEYS
+from .rundir import RunPaths, read_csv_columns, require_run_dir
 
 STYLE = """body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222 }
 table { border-collapse: collapse } td, th { padding: 0.2em 0.8em; text-align: left; border-bottom: 1px solid #ddd }
@@ -112,7 +103,8 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
 
 
 def _quality(result: dict, paths: RunPaths, command: str) -> str:
-    rows = [(label, _number(result[key]), f"{better} is better") for key, label, better in METRIC_LABELS if key in result]
+    rows = [(key_info.label, _number(result[key]), f"{key_info.better} is better")
+            for key, key_info in METRIC_KEYS.items() if key_info.label and key in result]
     weights = Path(str(result.get("weights", "")))
     where = (f"<p>{_text(str(result.get('n', '?')))} samples against the {_text(str(result.get('reference', 'test')))} set, "
              f"weights from {_text(str(weights))}.</p>")

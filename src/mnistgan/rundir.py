@@ -1,15 +1,26 @@
-"""The run directory: the record of one training run, enough to resume, sample and evaluate it."""
+"""The run directory: the record of one training run, enough to resume, sample and evaluate it.
+
+Everything about the folder lives here: its file names (``RunPaths``), its CSV logs (append, trim
+back to a checkpoint on resume, read), its lock while a process trains in it (``RunLock``), the
+claim of a new run's folder (``RunDirClaim``) and the lock of a resumed one (``lock_for_resume``),
+the temporaries a killed run leaves, and what to say when the file system fails.
+"""
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+import numpy as np
+
+from .errors import UserError, option
+from .files import describe_os_error, temporary_target, write_bytes_atomically, write_text_atomically
 
 try:
     import fcntl
@@ -82,6 +93,75 @@ class RunPaths:
 
     def sample_images(self) -> list[Path]:
         return sorted(self.samples.glob("image_at_epoch_*.png"))
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporaries of training's own writes that a killed run left behind; another command's (say, an
+        ``evaluate`` writing metrics.json beside a resuming run) are left to it."""
+        own = {path.name for path in (self.config, self.loss_curves, self.metric_curves, self.progress_gif, self.generator,
+                                      self.report, self.last_checkpoint, self.best_checkpoint)}
+        for folder in (self.root, self.samples, self.checkpoints):
+            for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
+                target = temporary_target(temporary.name)
+                if target is not None and (target in own or (folder == self.samples and self.is_sample_image(target))):
+                    temporary.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CSV logs: losses.csv (one row per train.log_every steps) and metrics.csv (one per evaluation)
+
+
+def append_csv(path: Path, columns: tuple[str, ...], rows: list[list]) -> None:
+    """Append ``rows`` to a CSV log, writing the header first if the file is new."""
+    new_file = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new_file:
+            writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def truncate_csv(path: Path, completed_epochs: int) -> None:
+    """Drop rows written after the checkpoint being resumed (a crash between checkpoints)."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if not text.endswith("\n"):  # the last row was cut short (a full disk, a kill mid-write)
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or "epoch" not in rows[0]:  # not even a whole header: start the file again
+        path.unlink()
+        return
+    epoch_column = rows[0].index("epoch")
+    kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(float(row[epoch_column])) <= completed_epochs]
+    lines = io.StringIO(newline="")
+    csv.writer(lines).writerows(kept)
+    write_bytes_atomically(path, lines.getvalue().encode())  # bytes: the csv module already ended each row
+
+
+def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
+    """A CSV log of numbers as ``{column: array}``."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
+def start_run(paths: RunPaths) -> None:
+    """Mark a claimed folder as a started run: ``samples/`` exists (a claim given back keeps it then)."""
+    try:
+        paths.samples.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(unwritable_folder_message(paths.root, error)) from None
+
+
+def prepare_resume(paths: RunPaths, completed_epochs: int, config_text: str) -> None:
+    """Bring a folder back to its checkpoint: logs trimmed, stale temporaries gone, the config's new
+    epochs (or device) recorded."""
+    truncate_csv(paths.losses, completed_epochs)
+    truncate_csv(paths.metrics_csv, completed_epochs)
+    paths.remove_stale_temporaries()
+    write_text_atomically(paths.config, config_text)
 
 
 def new_run_dir(base: Path, name: str) -> Path:
@@ -324,6 +404,42 @@ def no_checkpoint_message(path: Path, training: bool | None, then: str) -> str:
                 f"delete the folder {then}")
     return (f"{path} holds a run with no checkpoint yet (still in its first epochs, or stopped before its first "
             f"checkpoint); if it is not running, delete the folder {then}")
+
+
+def file_system_failure(error: OSError, paths: RunPaths) -> str:
+    """Why training stopped on a file system error, what to do about it, and how to go on."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        remedy = "free some space"
+    elif error.errno == errno.EROFS:
+        remedy = f"make {paths.root} writable"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        remedy = f"fix the permissions of {error.filename or paths.root}"
+    else:
+        remedy = "fix the cause"
+    if paths.last_checkpoint.is_file():
+        then = f"continue with: mnistgan train --resume {paths.root}"
+    elif paths.samples.is_dir():  # the run started: its folder stays
+        then = f"delete {paths.root} and train again"
+    else:  # it never started, and gives its folder back
+        then = "train again"
+    return f"training stopped: {describe_os_error(error)}; {remedy}, then {then}"
+
+
+def lock_for_resume(path: Path, main_process: bool = True) -> tuple[RunPaths, RunLock]:
+    """A run to continue, locked against a second process training in it; checked to have a checkpoint.
+
+    Under torchrun the first process alone locks and refuses; torchrun then ends the others. The
+    caller releases the lock when training ends.
+    """
+    paths = require_run_dir(Path(path))
+    lock = RunLock(paths.root)
+    if main_process and not lock.acquire():
+        raise UserError(f"{paths.root} is training right now in another process; wait for it to end, or stop it first")
+    if not paths.last_checkpoint.is_file():
+        known_stopped = False if lock.held else None  # only a lock held here proves no process trains there
+        lock.release()
+        raise UserError(no_checkpoint_message(paths.root, known_stopped, f"and train again, or train into another {option('out')}"))
+    return paths, lock
 
 
 def require_run_dir(path: Path) -> RunPaths:

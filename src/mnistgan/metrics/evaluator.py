@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from ..data import NUM_CLASSES, load_mnist, to_unit_range
+from ..devices import resolve_device
 from ..errors import UserError
 from ..files import write_bytes_atomically
 
@@ -219,8 +220,6 @@ def train_evaluator(
     """
     if epochs < 1:
         raise UserError(f"epochs must be at least 1, got {epochs}")
-    from ..training import resolve_device  # here: training imports this package
-
     device = resolve_device(str(device))
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":

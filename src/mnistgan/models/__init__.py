@@ -15,7 +15,6 @@ from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .mlp import MLPDiscriminator, MLPGenerator
 
 
-
 def build_generator(config: ModelConfig) -> nn.Module:
     network = {"mlp": MLPGenerator, "dcgan": DCGANGenerator}[config.architecture](config)
     initialise(network, config.init)
@@ -52,13 +51,6 @@ def apply_spectral_norm(network: nn.Module) -> None:
     for module in list(network.modules()):
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
             nn.utils.parametrizations.spectral_norm(module)
-
-
-def sample_latent(config: ModelConfig, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` noise vectors z of the config's distribution, shape (n, latent_dim)."""
-    if config.latent_distribution == "uniform":
-        return torch.rand(n, config.latent_dim, device=device, generator=generator).mul_(2).sub_(1)
-    return torch.randn(n, config.latent_dim, device=device, generator=generator)
 
 
 def count_parameters(network: nn.Module) -> int:

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .layers import NUM_CLASSES, LabelInput, hidden_block
+from ..data import NUM_CLASSES
+from .layers import LabelInput, hidden_block
 
 
 def same_transposed_padding(kernel: int, stride: int) -> tuple[int, int]:

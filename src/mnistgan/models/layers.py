@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NUM_CLASSES = 10
+from ..data import NUM_CLASSES
 
 
 def hidden_block(layer: nn.Module, features: int, batchnorm: bool, dims: int, config, dropout: float) -> list[nn.Module]:

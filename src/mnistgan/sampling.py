@@ -1,0 +1,97 @@
+"""Drawing from a generator: noise and labels, ``generate``, the fixed-noise grid's inputs, and the
+BatchNorm refresh an EMA generator needs before it is sampled.
+
+Every sampler draws the noise first and the labels second, from one random stream: training's
+(on the device), or a seeded ``torch.Generator`` of its own (on the CPU, then moved), so that sampling
+for grids, evaluation and the API never touches training's stream.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config, ModelConfig
+from .data import IMAGE_SIZE, NUM_CLASSES
+
+GRID_SIZE = 16  # fixed-noise samples in an unconditional run's 4x4 grid
+CONDITIONAL_GRID_COLUMNS = 8  # a conditional run's grid: one row per class, this many columns
+
+
+def sample_latent(model: ModelConfig, n: int, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` noise vectors z of the config's distribution, shape (n, latent_dim)."""
+    if model.latent_distribution == "uniform":
+        return torch.rand(n, model.latent_dim, device=device, generator=generator).mul_(2).sub_(1)
+    return torch.randn(n, model.latent_dim, device=device, generator=generator)
+
+
+def draw_inputs(model: ModelConfig, n: int, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` noise vectors and, for a conditional model, ``n`` uniformly drawn class labels, on ``device``.
+
+    With ``generator`` (a CPU generator) both are drawn from it on the CPU, then moved.
+    """
+    source = "cpu" if generator is not None else device
+    z = sample_latent(model, n, source, generator)
+    labels = torch.randint(0, NUM_CLASSES, (n,), device=source, generator=generator) if model.conditional else None
+    return z.to(device), (None if labels is None else labels.to(device))
+
+
+def class_rows_inputs(model: ModelConfig, per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per class, ``per_class`` columns, the same noise down each column: (10 * per_class) inputs."""
+    z = sample_latent(model, per_class, "cpu", generator).repeat(NUM_CLASSES, 1)
+    return z, torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+
+
+def fixed_inputs(config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fixed noise (and labels) of a run's sample grids, from their own generator (the seed's)."""
+    generator = torch.Generator().manual_seed(config.train.seed)
+    if config.model.conditional:
+        z, labels = class_rows_inputs(config.model, CONDITIONAL_GRID_COLUMNS, generator)
+        return z.to(device), labels.to(device)
+    return sample_latent(config.model, GRID_SIZE, "cpu", generator).to(device), None
+
+
+def grid_columns(config: Config) -> int:
+    return CONDITIONAL_GRID_COLUMNS if config.model.conditional else 4
+
+
+@torch.no_grad()
+def generate(network: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 1000) -> torch.Tensor:
+    """Images from a generator in eval mode (BatchNorm running statistics, no dropout), float32 on CPU."""
+    was_training = network.training
+    network.eval()
+    chunks = []
+    for start in range(0, z.shape[0], batch_size):
+        part_labels = None if labels is None else labels[start : start + batch_size]
+        chunks.append(network(z[start : start + batch_size], part_labels).float().cpu())
+    network.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(0, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+@torch.no_grad()
+def refresh_batchnorm_statistics(network: nn.Module, config: Config, device: torch.device,
+                                 batches: int = 16, batch_size: int = 256) -> None:
+    """Recompute a generator's BatchNorm running statistics from its own outputs ("standing statistics").
+
+    The EMA generator's weights are an average of G's, its BatchNorm statistics are not: they must be
+    measured again before it is sampled. Uses its own seeded RNG and keeps dropout off, so the
+    training RNG stream is untouched.
+    """
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = network.training
+    network.eval()
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over the batches below
+        module.train()
+    generator = torch.Generator().manual_seed(config.train.seed + 2)
+    for _ in range(batches):
+        network(*draw_inputs(config.model, batch_size, device, generator))
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+    network.train(was_training)
