@@ -70,10 +70,6 @@ class Distributed:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
     def any_flag(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if ``flag`` is true on any (a Ctrl-C seen by one rank stops all)."""
         if not self.enabled:

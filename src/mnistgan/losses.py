@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ADVERSARIAL_LOSSES = ("minimax", "non-saturating", "least-squares", "hinge", "wasserstein-gp")
 # Losses whose D output is a probability after a sigmoid; the others' scores are unbounded.
 PROBABILISTIC_LOSSES = ("minimax", "non-saturating")
 

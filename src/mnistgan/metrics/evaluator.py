@@ -204,48 +204,24 @@ def accuracy(model: Evaluator, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / max(1, len(images))
 
 
-def train_evaluator(
-    seed: int = SEED,
-    epochs: int = EPOCHS,
-    out_path: str | os.PathLike = Path("runs") / "evaluator" / "evaluator.safetensors",
-    device: str | torch.device = "cpu",
-    data_dir: str | os.PathLike | None = None,
-    limit: int | None = None,  # use only the first `limit` training and test images (smoke tests)
-    log=print,  # called with one status line per epoch; None for silence
-) -> dict:
-    """Train the evaluator with the recipe above, write its weights to ``out_path``, report on them.
-
-    Returns ``accuracy`` (on the 10,000 test images), ``seconds``, ``seed``, ``epochs``, ``sha256``
-    of the written file, ``path`` and ``matches_shipped`` (whether the bytes equal the shipped file).
-    """
-    if epochs < 1:
-        raise UserError(f"epochs must be at least 1, got {epochs}")
-    device = resolve_device(str(device))
-    out_path = Path(out_path)
-    if out_path.suffix != ".safetensors":
-        raise UserError(f"the evaluator's weights are a safetensors file: {out_path} must end in .safetensors")
-    try:  # before training, not after: a bad --out should not cost ten minutes
+def _require_writable(out_path: Path) -> None:
+    try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         probe = out_path.with_name(f".{out_path.name}.write-test")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write {out_path} ({error.strerror}); choose another output path") from None
-    train, test = load_mnist("train", data_dir), load_mnist("test", data_dir)
-    train_images = to_unit_range(train.images[:limit]).to(device)  # (60000, 1, 28, 28) in [-1, 1]
-    train_labels = train.labels[:limit].to(device)
-    test_images = to_unit_range(test.images[:limit]).to(device)
-    test_labels = test.labels[:limit].to(device)
 
-    started = time.perf_counter()
-    # A private RNG stream: the caller's global torch RNG state is left as it was.
+
+def _fit(train_images: torch.Tensor, train_labels: torch.Tensor, seed: int, epochs: int, device: torch.device, log) -> Evaluator:
+    """The recipe's training loop, on a private RNG stream (the caller's global torch RNG state is left as it was)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # initialisation and dropout
         generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation, drawn on CPU
         model = Evaluator().to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        steps_per_epoch = math.ceil(len(train_images) / BATCH_SIZE)
-        total_steps = epochs * steps_per_epoch
+        total_steps = epochs * math.ceil(len(train_images) / BATCH_SIZE)
         step = 0
         for epoch in range(epochs):
             model.train()
@@ -273,6 +249,38 @@ def train_evaluator(
                     f"epoch {epoch + 1}/{epochs}  loss {loss_sum / len(train_images):.4f}  "
                     f"train accuracy {correct / len(train_images):.4f}  {time.perf_counter() - epoch_started:.1f} s"
                 )
+    return model
+
+
+def train_evaluator(
+    seed: int = SEED,
+    epochs: int = EPOCHS,
+    out_path: str | os.PathLike = Path("runs") / "evaluator" / "evaluator.safetensors",
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,  # use only the first `limit` training and test images (smoke tests)
+    log=print,  # called with one status line per epoch; None for silence
+) -> dict:
+    """Train the evaluator with the recipe above, write its weights to ``out_path``, report on them.
+
+    Returns ``accuracy`` (on the 10,000 test images), ``seconds``, ``seed``, ``epochs``, ``sha256``
+    of the written file, ``path`` and ``matches_shipped`` (whether the bytes equal the shipped file).
+    """
+    if epochs < 1:
+        raise UserError(f"epochs must be at least 1, got {epochs}")
+    device = resolve_device(str(device))
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise UserError(f"the evaluator's weights are a safetensors file: {out_path} must end in .safetensors")
+    _require_writable(out_path)  # before training, not after: a bad --out should not cost ten minutes
+    train, test = load_mnist("train", data_dir), load_mnist("test", data_dir)
+    train_images = to_unit_range(train.images[:limit]).to(device)  # (60000, 1, 28, 28) in [-1, 1]
+    train_labels = train.labels[:limit].to(device)
+    test_images = to_unit_range(test.images[:limit]).to(device)
+    test_labels = test.labels[:limit].to(device)
+
+    started = time.perf_counter()
+    model = _fit(train_images, train_labels, seed, epochs, device, log)
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(model, test_images, test_labels)
 
