@@ -13,11 +13,13 @@ import torch
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Small enough to train in a second or two on a 2-core CPU, large enough to exercise every path.
+# fp32: "auto" may measure bf16 faster on one run and slower on the next (tests/test_devices_probe.py).
 TINY = {
     "train.subset": 256,
     "train.batch_size": 32,
     "train.epochs": 1,
     "performance.device": "cpu",
+    "performance.precision": "fp32",
     "train.log_every": 2,
 }
 TINY_DCGAN = {  # the convolutional presets at a fraction of their width

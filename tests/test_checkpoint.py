@@ -149,3 +149,106 @@ def test_a_directory_is_named_as_one(tmp_path):
             read(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+# -- an unreadable checkpoint is described in our words, not PyTorch's ---------------------------
+
+def unreadable_files(tmp_path):
+    """(file, the words its error must hold) for each way a checkpoint can be unreadable."""
+    import fractions
+    import zipfile
+
+    save_checkpoint(training_state(), tmp_path / "good.pt")
+    good = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x04not a checkpoint")
+    (tmp_path / "text.pt").write_bytes(b"hello world\n" * 10)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"config": {}, "ratio": fractions.Fraction(1, 3)}, tmp_path / "objects.pt")
+    with zipfile.ZipFile(tmp_path / "other-zip.pt", "w") as archive:
+        archive.writestr("notes/readme.txt", "a zip, but not PyTorch's")
+    index = bytearray(good)
+    start = index.find(b"data.pkl") + 40  # inside the pickled index of the archive's first entry
+    index[start:start + 8] = b"\xff" * 8
+    (tmp_path / "damaged-index.pt").write_bytes(bytes(index))
+    return {
+        "truncated.pt": "truncated or damaged zip archive",
+        "pickle.pt": "not a zip file",
+        "text.pt": "not a zip file",
+        "empty.pt": "empty",
+        "objects.pt": "objects other than tensors (fractions.Fraction)",
+        "other-zip.pt": "zip archive but not a PyTorch checkpoint",
+        "damaged-index.pt": "damaged inside its zip archive",
+    }
+
+
+def test_an_unreadable_checkpoint_says_why_in_a_few_words_of_ours(tmp_path):
+    for name, words in unreadable_files(tmp_path).items():
+        path = tmp_path / name
+        with pytest.raises(UserError) as caught:
+            load_checkpoint(path)
+        message = str(caught.value)
+        prefix = f"{path} is damaged or not a readable mnistgan checkpoint ("
+        assert message.startswith(prefix) and message.endswith("); restore it from a copy or give another file"), message
+        detail = message[len(prefix):message.rindex(")")]
+        assert words in detail and "\n" not in message, message
+        assert len(detail) <= 80 and not any(text in detail for text in ("Weights only", "weights_only", "torch.load",
+                                                                            "PytorchStreamReader", "miniz", "operand")), message
+
+
+# -- nothing non-finite is ever written over a file ------------------------------------------------
+
+@pytest.mark.parametrize("poison", ["nan-weight", "inf-optimizer-moment", "nan-bf16-ema"])
+def test_a_checkpoint_with_non_finite_weights_is_not_written(tmp_path, poison):
+    from mnistgan.checkpoint import NonFiniteError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(training_state(), path)
+    good = path.read_bytes()
+    state = training_state()
+    if poison == "nan-weight":
+        state["generator"]["weight"][1, 2] = float("nan")
+        location = "generator.weight"
+    elif poison == "inf-optimizer-moment":
+        state["g_optimizer"]["state"][0]["exp_avg_sq"][0, 0] = float("inf")
+        location = "g_optimizer.state.0.exp_avg_sq"
+    else:
+        state["ema"] = {"bias": torch.tensor([0.0, float("nan"), float("-inf"), 1.0], dtype=torch.bfloat16)}
+        location = "ema.bias"
+    with pytest.raises(NonFiniteError) as caught:
+        save_checkpoint(state, path)
+    message = str(caught.value)
+    assert isinstance(caught.value, UserError) and caught.value.location == location
+    assert str(path) in message and location in message and "NaN or infinite" in message and "\n" not in message
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+
+
+def test_plain_infinities_and_statistics_outside_the_networks_are_written(tmp_path):
+    """best_fd starts at infinity, a step's statistics may be NaN: neither is a network's weight."""
+    state = training_state()
+    state.update(best_fd=float("inf"), partial_stats=torch.full((2, 6), float("nan")))
+    save_checkpoint(state, tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "last.pt")["best_fd"] == float("inf")
+
+
+def test_a_generator_with_non_finite_weights_is_not_written(tmp_path):
+    from mnistgan.checkpoint import NonFiniteError
+
+    network = tiny_network()
+    path = tmp_path / "generator.safetensors"
+    with torch.no_grad():
+        network.bias[3] = float("inf")
+    with pytest.raises(NonFiniteError) as caught:
+        save_generator(network, {"model": {}}, path, "raw")
+    assert caught.value.location == "bias" and str(path) in str(caught.value) and not path.exists()
+
+
+def test_require_finite_looks_only_at_floating_tensors():
+    from mnistgan.checkpoint import NonFiniteError, require_finite
+
+    require_finite({"steps": torch.tensor([2**62]), "rng": torch.arange(256, dtype=torch.uint8), "lr": float("inf"),
+                    "layers": [torch.ones(3), None]}, "state")
+    with pytest.raises(NonFiniteError, match="state: layers.1 holds 1 NaN or infinite value"):
+        require_finite({"layers": [torch.ones(3), torch.tensor([1.0, float("nan")])]}, "state")
+    with pytest.raises(NonFiniteError, match="weights: the tensor holds 2 NaN"):
+        require_finite(torch.full((2,), float("-inf"), dtype=torch.float16), "weights")

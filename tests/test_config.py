@@ -94,3 +94,88 @@ def test_stored_configs_from_before_a_key_keep_their_behaviour(tmp_path):
     new = tmp_path / "new.toml"
     new.write_text(stored)
     assert load_toml(new, stored=True).model.feature_order == "hwc"
+
+
+# -- preset names are names; a user's own preset is a file loaded as one ---------------------------
+
+def test_an_empty_preset_name_is_an_error_listing_the_presets():
+    for name in ("", "  "):
+        with pytest.raises(UserError) as caught:
+            load_preset(name)
+        message = str(caught.value)
+        assert "empty" in message and "choose one of: " in message and "recommended" in message
+
+
+@pytest.mark.parametrize("name", ["presets/recommended", "recommended.toml", ".", "..", "/etc/passwd", "recommended/",
+                                  "..\\recommended"])
+def test_a_preset_name_that_looks_like_a_path_is_an_error_listing_the_presets(name):
+    with pytest.raises(UserError) as caught:
+        load_preset(name)
+    message = str(caught.value)
+    assert f"unknown preset {name!r}" in message and "not a path" in message and "choose one of: " in message
+    assert "recommended" in message.split("choose one of: ")[1]
+
+
+def test_a_preset_name_never_reads_a_file_outside_the_presets_folder(tmp_path):
+    import os
+
+    from mnistgan.config import PRESET_DIR
+
+    outside = tmp_path / "outside.toml"
+    outside.write_text('description = "read from outside the presets folder"\n')
+    name = os.path.relpath(tmp_path / "outside", PRESET_DIR)  # ../../../tmp/...
+    with pytest.raises(UserError, match="not a path; choose one of: "):
+        load_preset(name)
+
+
+def test_a_preset_suffixed_with_toml_suggests_the_name():
+    with pytest.raises(UserError, match="did you mean 'recommended'\\?"):
+        load_preset("recommended.toml")
+
+
+def test_preset_names_are_the_shipped_files(tmp_path, monkeypatch):
+    from mnistgan import config as config_module
+
+    for name in ("mine.toml", ".hidden.toml", "with space.toml", "notes.txt"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "folder.toml").mkdir()
+    monkeypatch.setattr(config_module, "PRESET_DIR", tmp_path)
+    assert preset_names() == ["mine"]
+
+
+def test_a_preset_file_loads_over_the_defaults(tmp_path):
+    from mnistgan.config import load_preset_file
+
+    path = tmp_path / "my-gan.toml"
+    path.write_text(load_preset("keras-dcgan").replace({"train.epochs": 7}).to_toml())
+    config = load_preset_file(path)
+    assert config.preset == "my-gan" and config.train.epochs == 7
+    assert config.replace({"preset": "keras-dcgan", "train.epochs": load_preset("keras-dcgan").train.epochs}) == load_preset("keras-dcgan")
+    partial = tmp_path / "partial.toml"
+    partial.write_text("[train]\nepochs = 3\n")
+    assert load_preset_file(str(partial)) == Config(preset="partial").replace({"train.epochs": 3})
+
+
+PRESET_FILE_PROBLEMS = {  # what the file is -> words its one-line error must hold
+    "missing": (lambda path: None, "does not exist"),
+    "folder": (lambda path: path.mkdir(), "is a folder"),
+    "not-toml": (lambda path: path.write_text("[train\nepochs = 3\n"), "not valid TOML"),
+    "binary": (lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00"), "not a text file"),
+    "unknown-key": (lambda path: path.write_text("[train]\nepoch = 3\n"), "unknown config key 'train.epoch'"),
+    "unknown-section": (lambda path: path.write_text("[training]\nepochs = 3\n"), "unknown config section(s) training"),
+    "bad-value": (lambda path: path.write_text("[train]\nepochs = -1\n"), "train.epochs = -1 is out of range"),
+    "huge": (lambda path: path.write_bytes(b"# " + b"x" * 2_000_000 + b"\n"), "too large"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(PRESET_FILE_PROBLEMS))
+def test_a_bad_preset_file_is_one_line_naming_it(tmp_path, problem):
+    from mnistgan.config import load_preset_file
+
+    make, words = PRESET_FILE_PROBLEMS[problem]
+    path = tmp_path / "mine.toml"
+    make(path)
+    with pytest.raises(UserError) as caught:
+        load_preset_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"preset file {path}") and words in message and "\n" not in message, message

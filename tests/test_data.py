@@ -144,8 +144,8 @@ def test_download_checks_content(tmp_path, monkeypatch):
         def __init__(self, payload):
             self.payload = payload
 
-        def read(self):
-            return self.payload
+        def read(self, size=-1):
+            return self.payload if size < 0 else self.payload[:size]
 
         def __enter__(self):
             return self
@@ -175,3 +175,84 @@ def test_unit_range():
     pixels = torch.tensor([0, 255, 128], dtype=torch.uint8)
     scaled = data.to_unit_range(pixels)
     assert scaled[0] == -1 and scaled[1] == 1 and abs(scaled[2] - 0.0039) < 1e-3
+
+
+@pytest.mark.parametrize("damage", ["inside-stream", "crc", "cut-short"])
+def test_damaged_gzip_stream_is_one_error_naming_the_file(tmp_path, damage):
+    write_split(tmp_path, np.zeros((20, 28, 28), np.uint8), np.zeros(20, np.uint8))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    if damage == "inside-stream":  # deflate block data: zlib.error
+        middle = len(raw) // 2
+        raw[middle:middle + 4] = b"\xff\xff\xff\xff"
+    elif damage == "crc":  # the trailer's checksum
+        raw[-8] ^= 0xFF
+    else:
+        del raw[-12:]
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError) as caught:
+        data.load_mnist("train", tmp_path, verify=False)
+    message = str(caught.value)
+    rest = message.replace(str(path), "")  # the test's folder name holds words too
+    assert str(path) in message and "damaged" in rest and "replace the file" in rest and "\n" not in message
+
+
+def test_a_header_promising_billions_of_images_is_refused_from_the_header(tmp_path):
+    fake_dataset(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    header = data.IMAGE_MAGIC.to_bytes(4, "big") + (4_000_000_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    path.write_bytes(header + bytes(784))
+    with pytest.raises(UserError) as caught:
+        data.load_mnist("train", tmp_path, verify=False)
+    message = str(caught.value)
+    assert str(path) in message and "4,000,000,000 images" in message and "at most 60,000" in message
+
+
+def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    """A valid IDX file followed by 300 MB of zeros in further gzip members: read no more than the header promises."""
+    import time
+    import tracemalloc
+
+    fake_dataset(tmp_path)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    bomb_member = gzip.compress(bytes(10_000_000), compresslevel=9)  # 10 MB of zeros in ~10 kB
+    path.write_bytes(path.read_bytes() + bomb_member * 30)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(UserError) as caught:
+            data.load_mnist("train", tmp_path, verify=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(caught.value) and "trailing bytes" in str(caught.value)
+    assert peak < 5_000_000 and time.perf_counter() - start < 0.5
+
+
+def test_a_mirror_serving_a_gzip_bomb_is_skipped_without_inflating_it(tmp_path, monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setenv("MNISTGAN_CACHE_DIR", str(tmp_path / "cache"))
+    bomb = gzip.compress(bytes(10_000_000), compresslevel=9) * 30  # 300 MB of zeros in ~300 kB
+
+    class Response:
+        def read(self, size=-1):
+            return bomb if size < 0 else bomb[:size]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response())
+    monkeypatch.setattr(data, "MIRRORS", data.MIRRORS[:1])
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="could not download"):
+            data.download_mnist(data.cache_dir())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * data.MAX_IDX_BYTES
+    assert not any((tmp_path / "cache").iterdir())

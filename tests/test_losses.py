@@ -96,3 +96,13 @@ def test_score_summary_is_a_probability_for_bce_losses():
     scores = torch.tensor([0.0, 0.0])
     assert losses.score_summary("non-saturating", scores).item() == 0.5
     assert losses.score_summary("hinge", scores).item() == 0.0
+
+
+def test_breakdown_names_exploded_losses_and_a_saturated_d():
+    assert losses.breakdown("non-saturating", 1.2, 0.8, 0.7, 0.3) is None
+    assert "exploded" in losses.breakdown("hinge", 3e13, -2.0, 5.0, -5.0)
+    assert "exploded" in losses.breakdown("least-squares", 0.1, -2e5, 0.5, 0.5)
+    assert "saturated" in losses.breakdown("non-saturating", 0.0, 30.0, 0.9995, 0.0002)
+    # Unbounded scores mean nothing as probabilities: a large raw score is not saturation.
+    assert losses.breakdown("wasserstein-gp", -5.0, 3.0, 5000.0, -5000.0) is None
+    assert losses.breakdown("minimax", 0.02, -0.001, 0.995, 0.01) is None  # close to, not past, the line

@@ -129,3 +129,178 @@ def test_bad_png_folders(tmp_path, name):
     fill(folder)
     with pytest.raises(UserError, match=message):
         load_samples(folder)
+
+
+# -- hostile files: refused from their headers, before anything large is read or decoded --------
+
+def png_declaring(width, height, extra_chunks=b""):
+    """A PNG whose header declares width x height pixels, with almost no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + extra_chunks
+            + chunk(b"IDAT", zlib.compress(bytes(29))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height", [(100_000, 100_000), (10_000, 10_000), (29, 28)],
+                         ids=["bomb-error", "bomb-warning", "one-column-more"])
+def test_a_png_of_another_size_is_refused_from_its_header(tmp_path, width, height):
+    import warnings
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    Image.fromarray(GREY[0]).save(folder / "0.png")
+    (folder / "1.png").write_bytes(png_declaring(width, height))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not reach the user either
+        with pytest.raises(UserError) as caught:
+            load_samples(folder)
+    message = str(caught.value)
+    assert str(folder / "1.png") in message and f"{width}x{height} pixels" in message and "28x28" in message
+
+
+def test_a_png_that_pillow_refuses_to_inflate_is_one_error(tmp_path):
+    import zlib
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    text_bomb = b"comment\0\0" + zlib.compress(bytes(20_000_000))  # a compressed text chunk beyond Pillow's limit
+    import struct
+    chunk = struct.pack(">I", len(text_bomb)) + b"zTXt" + text_bomb + struct.pack(">I", zlib.crc32(b"zTXt" + text_bomb))
+    (folder / "0.png").write_bytes(png_declaring(28, 28, chunk))
+    with pytest.raises(UserError) as caught:
+        load_samples(folder)
+    assert str(folder / "0.png") in str(caught.value) and "not a readable PNG" in str(caught.value)
+
+
+def test_a_truncated_png_is_one_error_naming_it(tmp_path):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    Image.fromarray(GREY[0]).save(folder / "0.png")
+    (folder / "0.png").write_bytes((folder / "0.png").read_bytes()[:-300])
+    with pytest.raises(UserError) as caught:
+        load_samples(folder)
+    message = str(caught.value)
+    assert str(folder / "0.png") in message and "not a readable PNG" in message and "\n" not in message
+
+
+def test_a_folder_with_one_png_is_one_image(tmp_path):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    Image.fromarray(GREY[0]).save(folder / "0.png")
+    torch.testing.assert_close(load_samples(folder), EXPECTED[:1])
+
+
+def npy_with_header(path, shape, descr="|u1", data_bytes=0, fortran_order=False):
+    """A .npy file whose header promises ``shape``, followed by ``data_bytes`` zero bytes."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": fortran_order, "shape": shape})
+        handle.write(bytes(data_bytes))
+    return path
+
+
+def test_a_npy_header_promising_billions_of_images_is_refused_at_once(tmp_path):
+    path = npy_with_header(tmp_path / "huge.npy", (4_000_000_000, 28, 28), data_bytes=3 * 784)
+    with pytest.raises(UserError) as caught:
+        load_samples(path)
+    message = str(caught.value)
+    assert str(path) in message and "truncated" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("extra, word", [(-1, "truncated"), (1, "beyond the array")], ids=["short", "long"])
+def test_a_npy_whose_size_differs_from_its_header_is_refused(tmp_path, extra, word):
+    path = save(tmp_path, GREY)
+    content = path.read_bytes()
+    path.write_bytes(content[:extra] if extra < 0 else content + bytes(extra))
+    with pytest.raises(UserError) as caught:
+        load_samples(path)
+    assert str(path) in str(caught.value) and word in str(caught.value)
+
+
+def test_a_npy_too_large_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    from mnistgan.metrics import samples
+
+    path = save(tmp_path, np.zeros((1000, 28, 28), np.uint8))
+    monkeypatch.setattr(samples, "available_memory", lambda: 1_000_000)
+    monkeypatch.setattr(np, "memmap", None)  # nothing may be mapped or read
+    with pytest.raises(UserError) as caught:
+        load_samples(path)
+    message = str(caught.value)
+    assert str(path) in message and "1,000 images" in message and "memory" in message and "fewer" in message
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.asfortranarray(GREY), GREY.astype(">f4") / 255, np.asfortranarray(GREY.reshape(5, 784))],
+    ids=["fortran-order", "big-endian-float", "fortran-flat"],
+)
+def test_npy_layouts_numpy_writes_give_the_same_images(tmp_path, array):
+    torch.testing.assert_close(load_samples(save(tmp_path, array)), EXPECTED, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "descr, message",
+    [("|O", "Python objects"), ([("a", "|O")], "Python objects"), ("<c8", "dtype complex64"), ("|b1", "dtype bool"),
+     ([("x", "|u1")], "dtype"), ("|S4", "dtype"), ("<m8[s]", "dtype timedelta64")],
+    ids=["object", "struct-with-object", "complex", "bool", "struct", "bytes", "timedelta"],
+)
+def test_dtypes_are_refused_from_the_header(tmp_path, descr, message, monkeypatch):
+    path = npy_with_header(tmp_path / "bad.npy", (3, 28, 28), descr=descr, data_bytes=3 * 784 * np.dtype(descr).itemsize)
+    monkeypatch.setattr(np, "load", None)  # decided from the header alone
+    with pytest.raises(UserError, match=message):
+        load_samples(path)
+
+
+def test_a_npy_in_format_3_is_read_and_refused_for_its_dtype(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy says it writes format 3.0
+        path = save(tmp_path, np.zeros((3, 28, 28), dtype=[("é", "u1")]))
+    with pytest.raises(UserError) as caught:
+        load_samples(path)
+    assert str(path) in str(caught.value) and "has dtype" in str(caught.value)
+
+
+def test_the_range_convention_spans_blocks(tmp_path, monkeypatch):
+    """Arrays are checked and converted in blocks; the sign of the minimum of the whole set still decides."""
+    from mnistgan.metrics import samples
+
+    monkeypatch.setattr(samples, "CHUNK_IMAGES", 2)
+    signed = GREY.astype(np.float32) / 255  # [0, 1] in the first blocks ...
+    signed[4, 0, 0] = -1.0  # ... one negative pixel in the last: the whole set is [-1, 1]
+    images = load_samples(save(tmp_path, signed))
+    torch.testing.assert_close(images[0], torch.from_numpy(signed[:1]))
+    torch.testing.assert_close(load_samples(save(tmp_path, GREY)), EXPECTED)
+    nan = GREY.astype(np.float32) / 255
+    nan[[1, 3], 5, 5] = np.nan
+    with pytest.raises(UserError, match="2 image\\(s\\) contain NaN"):
+        load_samples(save(tmp_path, nan))
+    with pytest.raises(UserError, match="found 0..300"):
+        load_samples(save(tmp_path, np.where(np.arange(5)[:, None, None] == 4, 300, GREY.astype(np.int64))))
+
+
+def test_a_huge_image_of_another_format_named_png_is_one_error(tmp_path):
+    """Pillow reads any format under a .png name; a GIF declaring 65535 x 65535 pixels is refused as too large."""
+    import io
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    Image.fromarray(GREY[0]).save(buffer, "GIF")
+    gif = bytearray(buffer.getvalue())
+    gif[6:10] = b"\xff\xff\xff\xff"  # the logical screen: 65535 x 65535
+    (folder / "0.png").write_bytes(bytes(gif))
+    with pytest.raises(UserError) as caught:
+        load_samples(folder)
+    assert str(folder / "0.png") in str(caught.value) and "far larger than 28x28" in str(caught.value)
+
+
+def test_available_memory_is_known_here():
+    from mnistgan.metrics.samples import available_memory
+
+    memory = available_memory()
+    assert memory is None or (isinstance(memory, int) and memory > 0)

@@ -284,18 +284,6 @@ def test_auto_and_bare_cuda_resolve_to_an_indexed_device(monkeypatch):
         devices.resolve_device("cuda:3")
 
 
-@pytest.mark.parametrize("native_bf16", [True, False])
-def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, native_bf16):
-    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: native_bf16)
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    for preset in ("tf-dcgan-tutorial", "mlp-gan"):
-        config = load_preset(preset)
-        assert devices.resolve_precision(config, cpu) == ("bf16" if native_bf16 else "fp32")
-        assert devices.resolve_precision(config.replace({"performance.precision": "fp32"}), cpu) == "fp32"
-    assert devices.resolve_precision(load_preset("tf-dcgan-tutorial"), cuda) == "bf16"
-    assert devices.resolve_precision(load_preset("mlp-gan"), cuda) == "fp32"  # TF32 beats bf16 at batch 64
-
-
 def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
     run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.eval_every": 1, "train.eval_samples": 100},
                          out=tmp_path / "eval")
@@ -361,3 +349,190 @@ def test_a_log_cut_short_by_a_full_disk_is_repaired_on_resume(tmp_path, content)
         assert not path.exists()
         rundir.append_csv(path, ("step", "epoch") + STAT_COLUMNS, train_module.loss_rows(torch.ones(2, 4), epoch=1, log_every=1))
         assert path.read_text().splitlines()[0] == "step,epoch,d_loss,g_loss,d_real,d_fake"
+
+
+# -- faults: divergence, broken runs, kills, edited files ---------------------------------------------
+
+
+def _poison_generator_after(monkeypatch, steps: int, then_signal: int | None = None):
+    """Make G's weights NaN after ``steps`` more steps (a divergence), optionally then send a signal."""
+    original_run, calls = step_module.StepRunner.run, []
+
+    def run_then_poison(self, remaining):
+        ran = original_run(self, remaining)
+        calls.append(ran)
+        if len(calls) == steps:
+            with torch.no_grad():
+                next(self.step.generator.parameters()).fill_(float("nan"))
+            if then_signal is not None:
+                os.kill(os.getpid(), then_signal)
+        return ran
+
+    monkeypatch.setattr(step_module.StepRunner, "run", run_then_poison)
+
+
+def test_a_stop_while_diverging_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    mnistgan.train("vanilla-gan", overrides=TINY_MLP, out=run)  # one good epoch, checkpointed
+    good_checkpoint, good_generator = (run / "checkpoints" / "last.pt").read_bytes(), (run / "generator.safetensors").read_bytes()
+    _poison_generator_after(monkeypatch, 3, then_signal=signal.SIGINT)  # Ctrl-C mid-epoch, weights NaN
+    with pytest.raises(UserError, match=r"diverged at epoch 2 .*nothing diverged was saved.* last good checkpoint is .*last\.pt"):
+        mnistgan.train(resume=run, epochs=3)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good_checkpoint
+    assert (run / "generator.safetensors").read_bytes() == good_generator
+
+
+def test_divergence_before_the_first_checkpoint_names_no_checkpoint(tmp_path, monkeypatch):
+    _poison_generator_after(monkeypatch, 2)
+    with pytest.raises(UserError, match="diverged at epoch 1 .*no checkpoint was written before it") as error:
+        mnistgan.train("vanilla-gan", overrides=TINY_MLP, out=tmp_path / "run")
+    assert "last.pt" not in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_sampling_a_diverged_generator_is_refused(tmp_path):
+    run = mnistgan.train("vanilla-gan", overrides=TINY_MLP, out=tmp_path / "run")
+    from safetensors import safe_open
+
+    weights = load_file(run.dir / "generator.safetensors")
+    with safe_open(str(run.dir / "generator.safetensors"), framework="pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "weights_sha256"}
+    first = next(iter(weights))
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, run.dir / "generator.safetensors", metadata=metadata)
+    with pytest.raises(UserError, match="NaN or infinite weights .*diverged"):
+        mnistgan.load(run.dir).sample(4)
+
+
+def test_exploding_losses_are_flagged_in_the_epoch_line_report_and_end(tmp_path, capsys):
+    run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 2}, lr=10.0, out=tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "warning: the losses exploded" in out and "warning: training broke down at epoch" in out
+    assert "training broke down at epoch" in (run.dir / "report.html").read_text()
+
+
+def test_stop_on_breakdown_stops_without_checkpointing_the_broken_epoch(tmp_path):
+    with pytest.raises(UserError, match="broke down at epoch 1.*stop_on_breakdown.*no checkpoint was written"):
+        mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.stop_on_breakdown": True}, lr=10.0,
+                       out=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_checkpoints_come_by_time_as_well_as_by_epochs(tmp_path, monkeypatch):
+    saved = []
+    original_save = train_module.TrainingState.save
+
+    def recording_save(self, path):
+        saved.append((path.name, self.completed_epochs, self.step_in_epoch))
+        original_save(self, path)
+
+    monkeypatch.setattr(train_module.TrainingState, "save", recording_save)
+    monkeypatch.setattr(train_module.time, "monotonic", iter(range(0, 10**6, 3600)).__next__)  # an hour per look
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.checkpoint_every": 100}, out=tmp_path / "run")
+    mid_epoch = [entry for entry in saved if entry[2] > 0]
+    assert mid_epoch and all(name == "last.pt" for name, _, _ in saved)
+    assert ("last.pt", 1, 0) in saved  # an epoch end that was due by time, though not by checkpoint_every
+
+
+def test_a_resume_refuses_a_config_edited_against_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    mnistgan.train("vanilla-gan", overrides=TINY_MLP, out=run)
+    config = run / "config.toml"
+    original = config.read_text()
+    config.write_text(original.replace("batch_size = 32", "batch_size = 64"))
+    with pytest.raises(UserError, match="train.batch_size = 64.* trained with 32.*restore"):
+        mnistgan.train(resume=run, epochs=2)
+    config.write_text(original.replace("sample_every = 1", "sample_every = 2"))  # outputs may change
+    mnistgan.train(resume=run, epochs=2)
+
+
+def test_a_resume_on_another_thread_count_says_so(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    run = tmp_path / "run"
+    try:
+        mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "performance.threads": 1}, out=run)
+        config = run / "config.toml"
+        config.write_text(config.read_text().replace("threads = 1", f"threads = {threads + 1}"))
+        capsys.readouterr()
+        mnistgan.train(resume=run, epochs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"trained on 1 CPU threads and continues on {threads + 1}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", [b"999,x,1,1,0.5,0.5\n", b"\xff\xfe\x00garbage\x00\n"])
+def test_a_damaged_loss_log_does_not_break_resume(tmp_path, damage):
+    run = tmp_path / "run"
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2}, out=tmp_path / "straight")
+    mnistgan.train("vanilla-gan", overrides=TINY_MLP, out=run)
+    with open(run / "losses.csv", "ab") as handle:
+        handle.write(damage)
+    mnistgan.train(resume=run, epochs=2)
+    assert (run / "losses.csv").read_text() == (tmp_path / "straight" / "losses.csv").read_text()
+
+
+def test_sigterm_during_the_last_checkpoint_ends_with_143_and_a_complete_run(tmp_path, monkeypatch):
+    original_save = train_module.TrainingState.save
+
+    def save_then_terminated(self, path):
+        original_save(self, path)
+        if self.completed_epochs == self.config.train.epochs:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module.TrainingState, "save", save_then_terminated)
+    with pytest.raises(train_module.TrainingInterrupted, match="complete") as stopped:
+        mnistgan.train("vanilla-gan", overrides=TINY_MLP, out=tmp_path / "run")
+    assert stopped.value.exit_status == 128 + signal.SIGTERM
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert (tmp_path / "run" / "generator.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_random_kills_never_corrupt_a_run_and_it_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL (no handler runs) at random moments, checkpoint writes included, until the run finishes."""
+    import random
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from mnistgan.checkpoint import read_generator_file
+    from mnistgan.config import load_toml
+
+    settings = ["--subset", "256", "--batch-size", "32", "--epochs", "6", "--device", "cpu", "--no-progress",
+                "--set=performance.threads=2", "--set=performance.precision=fp32", "--set=train.checkpoint_minutes=0", "--set=model.generator_widths=[32, 64]",
+                "--set=model.discriminator_widths=[64, 32]"]
+    start = [sys.executable, "-m", "mnistgan", "train", "--preset", "vanilla-gan", *settings]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert subprocess.run(start + ["--out", str(straight)], capture_output=True).returncode == 0
+    chooser, kills = random.Random(0), 0
+    for attempt in range(8):
+        if (run / "checkpoints" / "last.pt").is_file():
+            command = [sys.executable, "-m", "mnistgan", "train", "--resume", str(run), "--no-progress"]
+        else:  # killed before its first checkpoint: that run starts over
+            shutil.rmtree(run, ignore_errors=True)
+            command = start + ["--out", str(run)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if attempt >= 6:  # six attempts are killed, then the run may finish
+            process.communicate(timeout=600)
+            assert process.returncode == 0
+            break
+        # The kill falls a random moment after a random line: in start-up, during an epoch, or while
+        # the epoch's grid, generator file and checkpoint are written (they follow the epoch line).
+        for _ in range(chooser.randrange(3)):
+            if not process.stdout.readline():
+                break
+        time.sleep(chooser.uniform(0.0, 0.3))
+        process.kill()
+        process.communicate()
+        kills += 1
+        # Whatever the moment of the kill, every file on disk is whole.
+        if (run / "config.toml").is_file():  # a kill during start-up may come before the folder is claimed
+            load_toml(run / "config.toml", stored=True)
+        if (run / "checkpoints" / "last.pt").is_file():
+            load_checkpoint(run / "checkpoints" / "last.pt")
+        if (run / "generator.safetensors").is_file():
+            read_generator_file(run / "generator.safetensors")
+    assert kills == 6 and process.returncode == 0
+    assert_bitwise_equal(weights_of(straight), weights_of(run))
+    assert (straight / "losses.csv").read_text() == (run / "losses.csv").read_text()

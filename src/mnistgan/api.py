@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint, load_weights, read_generator_file
-from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, SHORTCUTS, Config, load_preset, load_toml, parse_overrides,
+from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
 from .devices import resolve_device
 from .distributed import is_main_process
@@ -37,21 +37,28 @@ from .sampling import CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, sam
 from .training import train as run_training
 
 
-def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[str] | None = None, **shortcuts) -> Config:
+def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[str] | None = None, *,
+                   preset_file: str | Path | None = None, **shortcuts) -> Config:
     """A preset's config with overrides applied: ``{"section.key": value}`` or ``["section.key=value"]``.
 
+    ``preset`` names a shipped preset; ``preset_file`` is a TOML file of the user's own instead.
     ``shortcuts`` are the common settings of ``config.SHORTCUTS``: epochs, batch_size, lr (both
     networks), seed, subset, eval_every, conditional, device.
     """
-    config = load_preset(DEFAULT_PRESET if preset is None else preset)
+    if preset_file is not None:
+        if preset is not None:
+            raise UserError(f"give {option('preset')} or {option('preset_file')}, not both")
+        config = load_preset_file(preset_file)
+    else:
+        config = load_preset(DEFAULT_PRESET if preset is None else preset)
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(list(overrides))
     return config.replace({**shortcut_overrides(shortcuts), **(overrides or {})})
 
 
-def train(preset: str | None = None, *, overrides: dict[str, Any] | list[str] | None = None, out: str | Path | None = None,
-          data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool | None = None,
-          **shortcuts) -> "Run":
+def train(preset: str | None = None, *, preset_file: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
+          out: str | Path | None = None, data_dir: str | Path | None = None, resume: str | Path | None = None,
+          progress: bool | None = None, **shortcuts) -> "Run":
     """Train a preset (default: the recommended one) and return the finished :class:`Run`.
 
     ``shortcuts`` are the common settings (``config.SHORTCUTS``): ``epochs``, ``batch_size``, ``lr``,
@@ -62,9 +69,10 @@ def train(preset: str | None = None, *, overrides: dict[str, Any] | list[str] | 
     """
     shortcut_overrides(shortcuts)  # unknown names fail here, before anything is touched
     if resume is not None:
-        return _resume(resume, data_dir, progress, preset=preset, overrides=overrides, out=out, **shortcuts)
-    config = resolve_config(preset, overrides, **shortcuts)
-    name = DEFAULT_PRESET if preset is None else preset
+        return _resume(resume, data_dir, progress, preset=preset, preset_file=preset_file, overrides=overrides, out=out,
+                       **shortcuts)
+    config = resolve_config(preset, overrides, preset_file=preset_file, **shortcuts)
+    name = config.preset
     if not is_main_process():  # under torchrun only the first process writes; the others train into its folder
         paths = run_training(config, Path(out) if out is not None else Path("runs"), data_dir=data_dir, progress=progress)
         return Run(paths.root)
@@ -158,6 +166,10 @@ class Run:
             state = load_checkpoint(source)
             config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
         self._weights_source = source
+        broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if broken:  # a generator that diverged draws nothing but NaN: no sample or score of it means anything
+            raise UserError(f"{source} holds NaN or infinite weights ({broken[0]}): that training diverged; "
+                            "sample an earlier checkpoint, or train again with lower learning rates")
         if self.config is None:
             self.config = stored_config_from_dict(config_dict)
         network = build_generator(self.config.model)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,6 +32,49 @@ from .files import write_bytes_atomically
 FORMAT_VERSION = 1
 CHECKPOINT_DIGEST_KEY = "content_sha256"  # in a training checkpoint's state: digest of everything else in it
 GENERATOR_DIGEST_KEY = "weights_sha256"  # in a generator file's metadata: digest of its tensors
+# The entries of a training checkpoint that must be finite: the networks' weights and the optimizers'
+# state. Plain values (best_fd starts at infinity) and the partial epoch's loss statistics are not checked.
+NETWORK_KEYS = ("generator", "discriminator", "ema", "g_optimizer", "d_optimizer")
+
+
+class NonFiniteError(UserError):
+    """Weights holding NaN or infinity were about to be saved; nothing was written.
+
+    ``location`` names the first such tensor (``generator.net.0.weight``, say). Training catches it to
+    stop with the last good checkpoint still on disk.
+    """
+
+    def __init__(self, message: str, location: str):
+        super().__init__(message)
+        self.location = location
+
+
+def require_finite(value, what: str) -> None:
+    """Raise ``NonFiniteError`` if a floating (or complex) tensor in ``value`` holds NaN or infinity.
+
+    ``value`` is a tensor or nested dicts, lists and tuples of them (a state dict, a checkpoint
+    state); other values, integer tensors included, are not looked at. ``what`` starts the message:
+    ``"not writing runs/001/checkpoints/last.pt"``, say.
+    """
+    for location, tensor in _inexact_tensors(value, ()):
+        finite = torch.isfinite(tensor.detach())
+        if not bool(finite.all()):
+            where = ".".join(map(str, location)) or "the tensor"
+            count = int(finite.numel() - finite.sum())
+            raise NonFiniteError(f"{what}: {where} holds {count} NaN or infinite value(s), the network has diverged; "
+                                 "nothing was written (a file already there keeps its last good contents)", where)
+
+
+def _inexact_tensors(value, location: tuple):
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            yield location, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _inexact_tensors(item, (*location, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _inexact_tensors(item, (*location, index))
 
 
 def content_digest(value) -> str:
@@ -64,11 +109,37 @@ def _hash_into(hasher, value) -> None:
         hasher.update(f"other {type(value).__name__}\n".encode())
 
 
-def _first_line(error: Exception, limit: int = 120) -> str:
-    """An exception's first message line, trimmed: enough to tell a truncated zip from a foreign pickle."""
-    lines = str(error).strip().splitlines()
-    line = lines[0].strip() if lines else type(error).__name__
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+def _can_read(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+        return True
+    except OSError:
+        return False
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What ``torch.load`` could not read, in a few words of ours (PyTorch's own text is a page long)."""
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    holds_objects = f"holds objects other than tensors ({unsupported[1]})" if unsupported else None
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if not start:
+            return "the file is empty"
+        if start[:2] == b"PK":  # a zip archive, the format torch.save writes
+            if not zipfile.is_zipfile(path):
+                return "a truncated or damaged zip archive"
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if not any(name.endswith("/data.pkl") for name in names):
+                return "a zip archive but not a PyTorch checkpoint"
+            return holds_objects or "damaged inside its zip archive"
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return "a truncated or damaged zip archive"
+    if start[:1] == b"\x80":  # a pickle: PyTorch's format before 1.6, or not PyTorch at all
+        return holds_objects or "not a zip file: a pickle, but no PyTorch checkpoint or one cut short"
+    return "not a zip file: not a PyTorch checkpoint at all"
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -80,6 +151,7 @@ def _require_file(path: Path, what: str) -> None:
 
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write a training checkpoint (temp file, fsync, rename) with the digest of its contents."""
+    require_finite({key: state[key] for key in NETWORK_KEYS if key in state}, f"not writing {path}")
     state = {"format": FORMAT_VERSION, **state}
     state[CHECKPOINT_DIGEST_KEY] = content_digest(state)
     serialised = io.BytesIO()
@@ -100,7 +172,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated or damaged zip, foreign pickle, not a checkpoint at all
-        raise UserError(f"{path} is damaged or not a readable mnistgan checkpoint ({_first_line(error)}); "
+        if isinstance(error, OSError) and not _can_read(path):  # the file system, not the contents
+            raise UserError(f"{path} cannot be read ({error.strerror or error}); check its permissions and try again") from None
+        raise UserError(f"{path} is damaged or not a readable mnistgan checkpoint ({_why_unreadable(path, error)}); "
                         "restore it from a copy or give another file") from None
     if isinstance(state, dict) and CHECKPOINT_DIGEST_KEY in state:
         written = state.pop(CHECKPOINT_DIGEST_KEY)
@@ -125,6 +199,7 @@ def load_weights(network: nn.Module, weights: dict, source: Path | str) -> None:
 def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_kind: str) -> None:
     """The generator's weights as safetensors, with the config, which weights (raw or EMA) and their digest in the metadata."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
+    require_finite(tensors, f"not writing {path}")
     metadata = {"format": "mnistgan-generator", "config": json.dumps(config_dict), "weights": weights_kind,
                 GENERATOR_DIGEST_KEY: content_digest(tensors)}
     write_bytes_atomically(path, safetensors_bytes(tensors, metadata=metadata), durable=True)

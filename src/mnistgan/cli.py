@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a GAN preset on MNIST; every config value can be overridden.")
     main = train.add_argument_group("what to train")
     main.add_argument("--preset", help="preset name (see `mnistgan presets`; default: recommended)")
+    main.add_argument("--preset-file", metavar="FILE", help="a TOML file of config values of your own, instead of --preset")
     main.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs epochs in total")
     main.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override any config value, e.g. --set loss.adversarial=hinge (repeatable)")
@@ -198,7 +199,7 @@ def _train(args) -> int:
     from . import api
 
     shortcuts = {name: getattr(args, name) for name in SHORTCUTS}
-    api.train(args.preset, overrides=args.overrides, out=args.out, data_dir=args.data_dir, resume=args.resume,
+    api.train(args.preset, preset_file=args.preset_file, overrides=args.overrides, out=args.out, data_dir=args.data_dir, resume=args.resume,
               progress=args.progress, **shortcuts)
     return 0
 
@@ -305,7 +306,7 @@ def _train_evaluator(args) -> int:
 def _presets(args) -> int:
     from .config import DEFAULT_PRESET, load_preset, preset_names
 
-    if args.show:
+    if args.show is not None:
         print(load_preset(args.show).to_toml(), end="")
         return 0
     names = preset_names()

@@ -108,6 +108,10 @@ class TrainConfig:
     subset: int = field(default=0, metadata=_range(0))  # train on the first N images, 0 = all
     sample_every: int = field(default=1, metadata=_range(1))  # epochs between fixed-noise grids
     checkpoint_every: int = field(default=1, metadata=_range(1))  # epochs between checkpoints
+    # minutes of training between checkpoints at the latest, mid-epoch too (0 = by epochs only): a kill
+    # (the OOM killer, a pre-empted job) never costs more than about this much
+    checkpoint_minutes: float = field(default=5.0, metadata=_range(0.0))
+    stop_on_breakdown: bool = False  # stop when an epoch shows the GAN has broken down (losses.breakdown)
     log_every: int = field(default=10, metadata=_range(1))  # steps averaged into one row of losses.csv
     eval_every: int = field(default=0, metadata=_range(0))  # epochs between evaluations, 0 = off
     eval_samples: int = field(default=2000, metadata=_range(100, 100_000))  # samples per evaluation
@@ -116,7 +120,7 @@ class TrainConfig:
 @dataclass
 class PerformanceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where measured faster (see training.resolve_precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where measured faster (devices.resolve_precision)
     cuda_graphs: bool = True  # capture whole training steps as CUDA graphs (CUDA only)
     steps_per_graph: int = field(default=8, metadata=_range(1, 1024))  # training steps per graph replay
     channels_last: bool = True  # NHWC memory format for conv models
@@ -298,16 +302,65 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    """The shipped presets: ``presets/NAME.toml`` files whose NAME is letters, digits, ``-`` and ``_``."""
+    return sorted(
+        p.stem for p in PRESET_DIR.glob("*.toml")
+        if p.is_file() and p.stem[:1].isalnum() and all(c.isalnum() or c in "-_" for c in p.stem)
+    )
 
 
 def load_preset(name: str) -> Config:
-    """The Config of a named preset (its TOML over the defaults)."""
-    path = PRESET_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} (see `mnistgan presets`)")
-    config = load_toml(path)
+    """The Config of a named preset (its TOML over the defaults).
+
+    Only the names ``preset_names()`` lists are accepted: an empty name or one with a slash or a
+    dot is an error, never a file read from elsewhere (a user's own file: ``load_preset_file``).
+    """
+    names = preset_names()
+    if name not in names:
+        choices = f"choose one of: {', '.join(names)} (see `mnistgan presets`)"
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"the preset name is empty; {choices}")
+        if any(mark in name for mark in "/\\."):
+            stem = name[: -len(".toml")] if name.endswith(".toml") else None
+            hint = f" (did you mean {stem!r}?)" if stem in names else ""
+            raise UserError(f"unknown preset {name!r}: a preset is a name, not a path{hint}; {choices}")
+        raise UserError(f"unknown preset {name!r}; {choices}")
+    config = load_toml(PRESET_DIR / f"{name}.toml")
     config.preset = name
+    return config
+
+
+def load_preset_file(path: str | Path) -> Config:
+    """A preset of the user's own: a TOML file of config values over the defaults, as the shipped presets are.
+
+    ``config.preset`` is the file's name without ``.toml``. A missing or unreadable file, one that
+    is not UTF-8 TOML, an unknown key or a bad value is a one-line ``UserError`` naming the file.
+    """
+    limit = 2**20  # a preset is a few hundred bytes; this is a data file given by mistake
+    path = Path(path).expanduser()
+    where = f"preset file {path}"
+    if path.is_dir():
+        raise UserError(f"{where} is a folder; give a TOML file of config values")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{where} does not exist; give the path of a TOML file of config values") from None
+    except OSError as error:
+        raise UserError(f"{where} cannot be read ({error.strerror or error})") from None
+    if len(raw) > limit:
+        raise UserError(f"{where} is too large for a preset (over 1 MiB); give a TOML file of config values")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{where} is not a text file (not UTF-8); give a TOML file of config values") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{where} is not valid TOML ({error}); fix the file") from None
+    try:
+        config = config_from_dict(data)
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    config.preset = path.stem
     return config
 
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import io
+import math
 import os
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,9 @@ IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions
 LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+MAX_ITEMS = 60_000  # images or labels in the largest MNIST file (train)
+MAX_IDX_BYTES = 16 + MAX_ITEMS * IMAGE_SIZE * IMAGE_SIZE  # the largest valid IDX file: 47,040,016 bytes
+MAX_DOWNLOAD_BYTES = 64 * 2**20  # a mirror's .gz (the largest is about 9.9 MB) is refused beyond this
 
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -112,8 +118,12 @@ def download_mnist(target: Path) -> None:
             url = f"{mirror}{name}.gz"
             try:
                 with urllib.request.urlopen(url, timeout=30) as response:
-                    payload = response.read()
-                content = gzip.decompress(payload)
+                    payload = response.read(MAX_DOWNLOAD_BYTES + 1)
+                if len(payload) > MAX_DOWNLOAD_BYTES:
+                    failures.append(f"{url}: larger than any MNIST file")
+                    continue
+                with gzip.GzipFile(fileobj=io.BytesIO(payload)) as stream:
+                    content = stream.read(MAX_IDX_BYTES + 1)  # bounded: a gzip bomb is never inflated
             except Exception as error:  # network errors, HTTP errors, a broken gzip: try the next mirror
                 failures.append(f"{url}: {error}")
                 continue
@@ -130,31 +140,55 @@ def download_mnist(target: Path) -> None:
 
 
 def read_idx(path: Path, expected_magic: int, verify_sha256: str | None = None) -> np.ndarray:
-    """Read one IDX file (.gz or raw) into a uint8 array, checking its structure and checksum."""
+    """Read one IDX file (.gz or raw) into a uint8 array, checking its structure and checksum.
+
+    The header is read first and checked against the largest MNIST file; then exactly the bytes it
+    promises are read (and one more, to notice trailing data), so a damaged header or a gzip bomb
+    costs no more memory than a real MNIST file.
+    """
     try:
-        raw = path.read_bytes()
-        content = gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise UserError(f"{path}: cannot read it ({error}); replace the file") from None
-    if len(content) < 4:
-        raise UserError(f"{path}: truncated ({len(content)} bytes, no IDX header); replace the file")
-    magic = int.from_bytes(content[:4], "big")
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as stream:
+            return _read_idx_stream(path, stream, expected_magic, verify_sha256)
+    except (zlib.error, EOFError, gzip.BadGzipFile) as error:  # inside a .gz: bad header, damaged deflate data, cut short, CRC
+        raise UserError(f"{path}: cannot read it, its gzip data is damaged ({error}); replace the file") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read it ({error.strerror or error}); replace the file") from None
+
+
+def _read_idx_stream(path: Path, stream, expected_magic: int, verify_sha256: str | None) -> np.ndarray:
+    start = stream.read(4)
+    if len(start) < 4:
+        raise UserError(f"{path}: truncated ({len(start)} bytes, no IDX header); replace the file")
+    magic = int.from_bytes(start, "big")
     if magic != expected_magic:
         raise UserError(f"{path}: wrong magic number {magic} (expected {expected_magic}); not an MNIST IDX file of this kind")
-    ndim = content[3]
+    ndim = start[3]
     header_length = 4 + 4 * ndim
-    if len(content) < header_length:
+    dimensions = stream.read(4 * ndim)
+    if len(dimensions) < 4 * ndim:
         raise UserError(f"{path}: truncated header; replace the file")
-    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(dimensions[4 * i : 4 + 4 * i], "big") for i in range(ndim))
     if ndim == 3 and shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise UserError(f"{path}: images are {shape[1]}x{shape[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
-    expected_length = header_length + int(np.prod(shape))
-    if len(content) != expected_length:
-        problem = "truncated" if len(content) < expected_length else "has trailing bytes"
-        raise UserError(f"{path}: {problem} ({len(content)} bytes, the header promises {expected_length}); replace the file")
-    if verify_sha256 is not None and hashlib.sha256(content).hexdigest() != verify_sha256:
-        raise UserError(f"{path}: content does not match the official MNIST file (SHA-256 differs); replace the file")
-    array = np.frombuffer(content, dtype=np.uint8, offset=header_length).reshape(shape)
+    if ndim and shape[0] > MAX_ITEMS:
+        kind = "images" if ndim == 3 else "labels"
+        raise UserError(f"{path}: its header promises {shape[0]:,} {kind}, but an MNIST file holds at most {MAX_ITEMS:,}; "
+                        "the file is damaged or not MNIST, replace it")
+    body_length = math.prod(shape)
+    body = stream.read(body_length + 1)  # one byte more than promised: trailing data shows, a bomb is never inflated
+    if len(body) != body_length:
+        expected_length = header_length + body_length
+        if len(body) < body_length:
+            raise UserError(f"{path}: truncated ({header_length + len(body)} bytes, the header promises {expected_length}); "
+                            "replace the file")
+        raise UserError(f"{path}: has trailing bytes (more than the {expected_length} bytes the header promises); replace the file")
+    if verify_sha256 is not None:
+        hasher = hashlib.sha256(start)
+        hasher.update(dimensions)
+        hasher.update(body)
+        if hasher.hexdigest() != verify_sha256:
+            raise UserError(f"{path}: content does not match the official MNIST file (SHA-256 differs); replace the file")
+    array = np.frombuffer(body, dtype=np.uint8).reshape(shape)
     if ndim == 1 and array.size and array.max() >= NUM_CLASSES:
         raise UserError(f"{path}: label {int(array.max())} is out of range 0-9")
     return array

@@ -68,6 +68,23 @@ def gradient_penalty(discriminator, real_images: torch.Tensor, fake_images: torc
     return ((norms - 1.0) ** 2).mean()
 
 
+BREAKDOWN_LOSS = 1e4  # |loss| above this for a whole epoch: exploded (healthy losses of every kind are O(1-100))
+SATURATED = 0.999  # D(x) above this and D(G(z)) below 1 - this for a whole epoch: D wins outright
+
+
+def breakdown(kind: str, d_loss: float, g_loss: float, d_real: float, d_fake: float) -> str | None:
+    """Why an epoch's mean statistics (as in losses.csv) show a GAN that has stopped learning, or None.
+
+    Losses that explode stay finite long before they become NaN, and a D that rejects every fake with
+    certainty gives G no gradient: neither recovers on its own.
+    """
+    if max(abs(d_loss), abs(g_loss)) > BREAKDOWN_LOSS:
+        return f"the losses exploded (d_loss {d_loss:.3g}, g_loss {g_loss:.3g})"
+    if kind in PROBABILISTIC_LOSSES and d_real > SATURATED and d_fake < 1 - SATURATED:
+        return f"D saturated for the whole epoch (D(x) {d_real:.3f}, D(G(z)) {d_fake:.3f}): G gets no gradient"
+    return None
+
+
 def score_summary(kind: str, scores: torch.Tensor) -> torch.Tensor:
     """The mean D output reported in losses.csv: a probability for BCE losses, the raw score otherwise."""
     scores = scores.detach().float()

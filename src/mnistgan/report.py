@@ -13,8 +13,11 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config, load_toml
 from .files import write_text_atomically
+from .losses import breakdown
 from .metrics import METRIC_KEYS
 from .rundir import RunPaths, read_csv_columns, require_run_dir
 
@@ -98,8 +101,26 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
     if epochs_done:
         last = losses["epoch"] == epochs_done
         rows.append((f"epoch {epochs_done} means", "d_loss {:.4f}, g_loss {:.4f}, D(x) {:.3f}, D(G(z)) {:.3f}".format(
-            *(losses[key][last].mean() for key in ("d_loss", "g_loss", "d_real", "d_fake")))))
+            *(losses[key][last].mean() for key in STAT_KEYS))))
+    broken = _first_breakdown(loss.adversarial, losses)
+    if broken:
+        rows.append(("warning", f"training broke down at {broken}"))
     return rows
+
+
+STAT_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+def _first_breakdown(kind: str, losses: dict) -> str | None:
+    """The first epoch whose mean statistics in losses.csv show a broken GAN (``losses.breakdown``)."""
+    if not all(key in losses for key in ("epoch", *STAT_KEYS)):
+        return None
+    for epoch in np.unique(losses["epoch"]):
+        rows = losses["epoch"] == epoch
+        reason = breakdown(kind, *(float(losses[key][rows].mean()) for key in STAT_KEYS))
+        if reason:
+            return f"epoch {int(epoch)}: {reason}"
+    return None
 
 
 def _quality(result: dict, paths: RunPaths, command: str) -> str:

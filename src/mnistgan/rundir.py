@@ -124,7 +124,7 @@ def truncate_csv(path: Path, completed_epochs: int) -> None:
     """Drop rows written after the checkpoint being resumed (a crash between checkpoints)."""
     if not path.is_file():
         return
-    text = path.read_text()
+    text = path.read_bytes().decode("utf-8", errors="replace")  # damaged bytes make rows that are dropped below
     if not text.endswith("\n"):  # the last row was cut short (a full disk, a kill mid-write)
         text = text[: text.rfind("\n") + 1]
     rows = list(csv.reader(text.splitlines()))
@@ -132,19 +132,32 @@ def truncate_csv(path: Path, completed_epochs: int) -> None:
         path.unlink()
         return
     epoch_column = rows[0].index("epoch")
-    kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(float(row[epoch_column])) <= completed_epochs]
+    kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and _numbers(row)
+                        and float(row[epoch_column]) <= completed_epochs]
     lines = io.StringIO(newline="")
     csv.writer(lines).writerows(kept)
     write_bytes_atomically(path, lines.getvalue().encode())  # bytes: the csv module already ended each row
 
 
 def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
-    """A CSV log of numbers as ``{column: array}``."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    """A CSV log of numbers as ``{column: array}``; rows that are not all numbers (an edited or damaged
+    file) are left out."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
         return {}
-    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+    header, body = rows[0], [row for row in rows[1:] if len(row) == len(rows[0]) and _numbers(row)]
+    if not body:
+        return {}
+    return {key: np.array([float(row[index]) for row in body]) for index, key in enumerate(header)}
+
+
+def _numbers(row: list[str]) -> bool:
+    try:
+        [float(value) for value in row]
+    except ValueError:
+        return False
+    return True
 
 
 def start_run(paths: RunPaths) -> None:

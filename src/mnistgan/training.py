@@ -13,15 +13,16 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_generator
-from .config import Config
+from . import losses
+from .checkpoint import NonFiniteError, load_checkpoint, load_weights, save_checkpoint, save_generator
+from .config import Config, stored_config_from_dict
 from .data import load_mnist
-from .devices import configure_backends, resolve_device, resolve_precision
+from .devices import choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
 from .metrics import evaluate_images
@@ -60,15 +61,19 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
         device = torch.device("cuda", distributed.local_rank)
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
-    precision = resolve_precision(config, device)
-    configure_backends(device, precision)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before the broadcast below, which needs it
+    # Rank 0 chooses ("auto" on a CPU may run a short probe, or read its cache); every rank trains in its choice.
+    # A resumed run keeps the precision it trained in, so that it continues exactly.
+    if distributed.is_main:
+        choice = (_precision_trained_in(config, device, Path(run_dir)) if resume else None) or choose_precision(config, device)
+    precision, precision_reason = distributed.broadcast_object(choice if distributed.is_main else None)
+    configure_backends(device, precision)
     # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
     paths = RunPaths(Path(distributed.broadcast_object(str(run_dir))))
     stop = StopControl(distributed, device, log)
     try:
-        _train(config, paths, device, precision, distributed, stop, data_dir, resume,
+        _train(config, paths, device, precision, precision_reason, distributed, stop, data_dir, resume,
                _interactive() if progress is None else progress)
     except OSError as error:
         if isinstance(error, ConnectionError) or error.errno is None:
@@ -79,7 +84,17 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     return paths
 
 
-def _train(config: Config, paths: RunPaths, device: torch.device, precision: str, distributed: Distributed,
+def _precision_trained_in(config: Config, device: torch.device, run_dir: Path) -> tuple[str, str] | None:
+    """The precision ``auto`` chose for a run being resumed on the same kind of device, else None."""
+    if config.performance.precision != "auto":
+        return None
+    state = load_checkpoint(RunPaths(run_dir).last_checkpoint)
+    if state.get("precision") and state.get("device_type") == device.type:
+        return state["precision"], "as this run trained so far"
+    return None
+
+
+def _train(config: Config, paths: RunPaths, device: torch.device, precision: str, precision_reason: str, distributed: Distributed,
            stop: "StopControl", data_dir, resume: bool, progress: bool) -> None:
     schedule, main_process = config.train, distributed.is_main
 
@@ -89,32 +104,42 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     # -- networks, optimizers, the step ---------------------------------------------------------------
     parts = build_training(config, device, data.images, data.labels, data.batch_size, data.steps_per_epoch,
                            precision, distributed)
-    state = TrainingState(config, parts, device)
+    state = TrainingState(config, parts, device, precision)
     outputs = RunOutputs(config, paths, parts, device)
 
     # -- start or resume ------------------------------------------------------------------------------
     if resume:
-        state.restore(paths.last_checkpoint)
+        for note in state.restore(paths.last_checkpoint):
+            stop.say(note)
         if main_process:
             prepare_resume(paths, state.completed_epochs, config.to_toml())  # the new epochs / device, now that it resumes
     elif main_process:
         start_run(paths)
     already_complete = state.completed_epochs >= schedule.epochs
-    stop.say(f"training {config.preset or 'a custom config'} on {device} ({precision}"
-             f"{', CUDA graphs' if parts.runner.use_graphs else ''}"
-             f"{f', {distributed.world_size} processes' if distributed.enabled else ''})"
+    stop.say(f"training {config.preset or 'a custom config'} on {device} ({precision}: {precision_reason}"
+             f"{'; CUDA graphs' if parts.runner.use_graphs else ''}"
+             f"{f'; {distributed.world_size} processes' if distributed.enabled else ''})"
              f": {data.count} images, {data.steps_per_epoch} steps of {schedule.batch_size} per epoch -> {paths.root}")
 
     # -- the epochs: steps, then outputs; a stop request ends the loop at the next check --------------
     with stop.handling_signals():
         try:
             for epoch in range(state.completed_epochs + 1, schedule.epochs + 1):
-                epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process)
+                checkpoint = paths.last_checkpoint if main_process else None
+                epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process, checkpoint)
                 if not torch.isfinite(epoch_stats).all():
                     raise UserError(diverged_message(epoch, paths))
                 state.completed_epochs, state.step_in_epoch = epoch, 0
+                broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist())
+                if broken and state.breakdown is None:
+                    state.breakdown = f"epoch {epoch}: {broken}"
+                stopping = bool(broken) and schedule.stop_on_breakdown
                 if main_process:
-                    outputs.end_of_epoch(epoch, epoch_stats, seconds, images_per_second, state, stop.say)
+                    outputs.end_of_epoch(epoch, epoch_stats, seconds, images_per_second, state, stop.say, broken, stopping)
+                if stopping:
+                    raise UserError(f"training broke down at epoch {epoch}: {broken}; stopped (train.stop_on_breakdown) "
+                                    f"without checkpointing this epoch; {_last_checkpoint_words(paths)}; "
+                                    "lower the learning rates or change the loss")
                 if epoch < schedule.epochs and stop.requested(None):
                     raise StopRequested()
         except (StopRequested, BrokenPipeError) as stopped:
@@ -135,12 +160,18 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
         outputs.finish()
     stop.say(f"done: {state.completed_epochs} epochs in {state.trained_seconds:.0f} s of training; "
              f"samples, curves and weights in {paths.root}")
+    if state.breakdown:
+        stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
+                 "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
+    if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
+        raise TrainingInterrupted(f"stopped after the last epoch; the run in {paths.root} is complete", stop.signals[0])
 
 
 def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop: "StopControl",
-                 progress: bool) -> tuple[torch.Tensor, float, float]:
+                 progress: bool, checkpoint: Path | None) -> tuple[torch.Tensor, float, float]:
     """Run the rest of ``epoch``'s steps; return the epoch's per-step statistics, the seconds these steps
-    took, and the images per second they read (all processes)."""
+    took, and the images per second they read (all processes). ``checkpoint``: where to save when
+    ``train.checkpoint_minutes`` have passed mid-epoch (None: this process does not save)."""
     from tqdm.auto import tqdm
 
     config, step, runner = state.config, state.parts.step, state.parts.runner
@@ -168,6 +199,8 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
             bar.set_postfix_str(f"d_loss {recent[0]:.3f}  g_loss {recent[1]:.3f}  {rate:,.0f} img/s")
         if state.step_in_epoch < total and stop.requested(state.step_in_epoch):
             raise StopRequested()
+        if checkpoint is not None and state.step_in_epoch < total and state.checkpoint_due():
+            state.save(checkpoint)
     epoch_stats = step.stats.cpu()  # the one synchronisation of the epoch
     seconds = time.perf_counter() - start
     state.trained_seconds += seconds
@@ -176,13 +209,15 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
     return epoch_stats, seconds, images_read / seconds
 
 
-def diverged_message(epoch: int, paths: RunPaths) -> str:
-    if paths.last_checkpoint.is_file():
-        where = f"the last good checkpoint is {paths.last_checkpoint}"
-    else:
-        where = "no checkpoint was written before it"
-    return (f"training diverged at epoch {epoch} (a loss became NaN or infinite); {where}; "
+def diverged_message(epoch: int, paths: RunPaths, what: str = "a loss became NaN or infinite") -> str:
+    return (f"training diverged at epoch {epoch} ({what}); nothing diverged was saved, {_last_checkpoint_words(paths)}; "
             "lower the learning rates or change the loss")
+
+
+def _last_checkpoint_words(paths: RunPaths) -> str:
+    if paths.last_checkpoint.is_file():
+        return f"the last good checkpoint is {paths.last_checkpoint}"
+    return "and no checkpoint was written before it"
 
 
 def _interactive() -> bool:
@@ -238,10 +273,18 @@ class TrainingState:
     config: Config
     parts: TrainingParts
     device: torch.device
+    precision: str  # what the steps compute in: recorded so that a resume continues in it
     completed_epochs: int = 0
     step_in_epoch: int = 0  # steps done of the next epoch (a run stopped mid-epoch)
     best_fd: float = math.inf
     trained_seconds: float = 0.0
+    breakdown: str | None = None  # the first epoch whose statistics showed a broken GAN, and why
+    saved_at: float = field(default_factory=time.monotonic)  # when training last checkpointed (or started)
+
+    def checkpoint_due(self) -> bool:
+        """Have ``train.checkpoint_minutes`` of training passed since the last checkpoint?"""
+        minutes = self.config.train.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes
 
     def checkpoint(self) -> dict:
         parts, device = self.parts, self.device
@@ -253,15 +296,24 @@ class TrainingState:
             "g_optimizer": parts.g_optimizer.state_dict(), "d_optimizer": parts.d_optimizer.state_dict(),
             "partial_stats": parts.step.stats[: self.step_in_epoch].cpu(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "best_fd": self.best_fd, "trained_seconds": self.trained_seconds,
+            "best_fd": self.best_fd, "trained_seconds": self.trained_seconds, "breakdown": self.breakdown,
+            "threads": torch.get_num_threads(), "precision": self.precision, "device_type": device.type,
         }
 
     def save(self, path: Path) -> None:
-        save_checkpoint(self.checkpoint(), path)
+        """Write a checkpoint; weights with NaN or infinity are never written over a good file."""
+        try:
+            save_checkpoint(self.checkpoint(), path)
+        except NonFiniteError as error:
+            epoch = self.completed_epochs + (self.step_in_epoch > 0)
+            raise UserError(diverged_message(epoch, RunPaths(path.parent.parent), f"{error.location} became NaN or infinite")) from None
+        self.saved_at = time.monotonic()
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path) -> list[str]:
+        """Continue from the checkpoint at ``path``; return notes for the user (a changed thread count)."""
         parts, device = self.parts, self.device
         state = load_checkpoint(path, map_location=device)
+        _require_same_run(self.config, state["config"], path)
         load_weights(parts.generator, state["generator"], path)
         load_weights(parts.discriminator, state["discriminator"], path)
         if parts.ema is not None:
@@ -275,12 +327,41 @@ class TrainingState:
             raise UserError(f"{path.parent.parent} has trained {self.completed_epochs} epochs{partly}; "
                             f"{option('epochs')} must be at least {needed}")
         self.best_fd, self.trained_seconds = state.get("best_fd", math.inf), state.get("trained_seconds", 0.0)
+        self.breakdown = state.get("breakdown")
         if self.step_in_epoch:
             parts.step.stats[: self.step_in_epoch] = state["partial_stats"].to(device)
         # RNG states are CPU byte tensors whatever the map_location moved them to.
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+        threads = state.get("threads")
+        if device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
+            return [f"note: this run trained on {threads} CPU threads and continues on {torch.get_num_threads()}; "
+                    "it stays a valid run but will not be bit-identical to an uninterrupted one "
+                    f"(set performance.threads = {threads} for that)"]
+        return []
+
+
+# Config keys a resumed run may change: the schedule's length and outputs, and how it computes.
+RESUMABLE_KEYS = ("train.epochs", "train.sample_every", "train.checkpoint_every", "train.checkpoint_minutes",
+                  "train.eval_every", "train.eval_samples", "train.stop_on_breakdown", "performance.")
+
+
+def _require_same_run(config: Config, trained: dict, path: Path) -> None:
+    """Refuse to resume with a config.toml edited in ways the checkpoint cannot continue exactly."""
+    trained_config = stored_config_from_dict(trained).to_dict()
+    now = config.to_dict()
+    for section, values in now.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if any(dotted == k or (k.endswith(".") and dotted.startswith(k)) for k in RESUMABLE_KEYS):
+                continue
+            if trained_config[section][key] != value:
+                raise UserError(f"config.toml says {dotted} = {value!r}, but {path} was trained with "
+                                f"{trained_config[section][key]!r}; a run resumes only with the config it was "
+                                f"trained with: restore that value in config.toml, or start a new run")
 
 
 class RunOutputs:
@@ -295,12 +376,15 @@ class RunOutputs:
         self.title = f"{config.preset or 'custom config'}: {paths.root.name}"
 
     def end_of_epoch(self, epoch: int, epoch_stats: torch.Tensor, seconds: float, images_per_second: float,
-                     state: TrainingState, say) -> None:
+                     state: TrainingState, say, breakdown: str | None = None, stopping: bool = False) -> None:
         schedule = self.config.train
         append_csv(self.paths.losses, ("step", "epoch") + STAT_COLUMNS, loss_rows(epoch_stats, epoch, schedule.log_every))
         means = epoch_stats.mean(0).tolist()
         say(f"epoch {epoch:>4}/{schedule.epochs}  d_loss {means[0]:.4f}  g_loss {means[1]:.4f}  "
-            f"D(x) {means[2]:.3f}  D(G(z)) {means[3]:.3f}  {images_per_second:,.0f} img/s  {seconds:.1f} s")
+            f"D(x) {means[2]:.3f}  D(G(z)) {means[3]:.3f}  {images_per_second:,.0f} img/s  {seconds:.1f} s"
+            + (f"  warning: {breakdown}" if breakdown else ""))
+        if stopping:  # a broken epoch is not written over the last checkpoint
+            return
         last_epoch = epoch == schedule.epochs
         sampling = epoch % schedule.sample_every == 0 or last_epoch
         evaluating = schedule.eval_every and (epoch % schedule.eval_every == 0 or last_epoch)
@@ -314,7 +398,7 @@ class RunOutputs:
             if fd < state.best_fd:
                 state.best_fd = fd
                 state.save(self.paths.best_checkpoint)
-        if epoch % schedule.checkpoint_every == 0 or last_epoch:
+        if epoch % schedule.checkpoint_every == 0 or last_epoch or state.checkpoint_due():
             state.save(self.paths.last_checkpoint)
         if sampling:
             self.write(final=last_epoch)

@@ -29,9 +29,7 @@ class Dropout(nn.Dropout):
     round(p * 2^bits) (0.3 -> 0.699997; 0.5 exactly), and is scaled by that probability's inverse,
     so the expectation is exact. p is thus taken to the nearest 1/65536 (the config allows p up to
     0.95): below 2^-17 nothing is dropped. The mask follows the input's memory layout (channels-last
-    included). Forward and backward of a 256 x 64 x 14 x 14 activation on 2 cores, p = 0.3: 12.2 ms
-    in fp32 and 8.7 ms in bf16, against 26.4 and 26.2 ms with one uniform draw per unit and 36 and
-    41 ms with the native Bernoulli mask; p = 0.5 (eight units a draw) takes 10-20% less than 0.3.
+    included). It costs about half of the native Bernoulli mask's time (docs/speed.md).
     Compiled networks keep the native dropout: TorchInductor generates its own mask inside the
     fused kernel around it.
     """
@@ -59,8 +57,7 @@ class Dropout(nn.Dropout):
         dense = input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last)
         lanes = lanes.as_strided(input.shape, input.stride()) if dense else lanes.view(input.shape)
         keep = lanes >= self.signed_threshold
-        # Through uint8: the same 0/1 values, but converting bool to a float type takes a slow path
-        # (a 128 x 512 bf16 mask: 157 us through bool, 71 us through uint8, all steps included).
+        # Through uint8: the same 0/1 values, but converting bool to a float type takes a slow path.
         return input * keep.view(torch.uint8).to(input.dtype).mul_(self.scale)
 
 
