@@ -14,6 +14,11 @@ gives each variant's speed-up over the naive loop measured in the same run.
 --paired measures the variants of a preset in one process instead, one step of each in turn, so
 that a machine whose speed drifts (a shared CPU) slows every variant alike; it reports median
 step times and the median of the per-turn speed-ups over the first variant, without memory.
+
+Every table, and every result in the JSON, names the CPU (model, the flags that bear on bf16:
+avx2, avx512f, avx512_bf16, amx_bf16, amx_tile, avx512_fp16) and the thread count, and gives the
+precision each variant trained in; for "mnistgan" (performance.precision = "auto") also why auto
+chose it (devices.choose_precision: a cached probe on the CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from naive import NaiveLoop  # noqa: E402
 
 from mnistgan.config import load_preset, parse_overrides, preset_names  # noqa: E402
 from mnistgan.data import load_mnist  # noqa: E402
-from mnistgan.devices import configure_backends, resolve_device, resolve_precision  # noqa: E402
+from mnistgan.devices import choose_precision, configure_backends, cpu_description, describe_cpu, resolve_device  # noqa: E402
 from mnistgan.step import build_training, epoch_order  # noqa: E402
 
 TRAINING_IMAGES = 60_000
@@ -71,15 +76,15 @@ def synchronize(device: torch.device) -> None:
 
 def build_stepper(preset: str, overrides: list[str] | None, device: torch.device, device_name: str):
     """A function that trains ``count`` steps of ``preset`` (the naive loop if ``overrides`` is None),
-    and the preset's config."""
+    the preset's config, and the precision with the reason it was chosen."""
     config = load_preset(preset).replace({"performance.device": device_name, **parse_overrides(overrides or [])})
     split = load_mnist("train")
     batch, steps_per_epoch = config.train.batch_size, epoch_steps(config)
     if overrides is None:
         loop = NaiveLoop(config, device, split.images, split.labels)
-        return (lambda count: [loop.step() for _ in range(count)]), config  # noqa: E731
+        return (lambda count: [loop.step() for _ in range(count)]), config, ("fp32", "the naive loop")  # noqa: E731
     images, labels = split.images.to(device), split.labels.to(device)
-    precision = resolve_precision(config, device)
+    precision, reason = choose_precision(config, device)  # as training does: "auto" may probe (or read its cache)
     configure_backends(device, precision)  # as training does
     parts = build_training(config, device, images, labels, batch, steps_per_epoch, precision)
     parts.step.order.copy_(epoch_order(0, 1, TRAINING_IMAGES)[: parts.step.order.numel()])
@@ -96,7 +101,7 @@ def build_stepper(preset: str, overrides: list[str] | None, device: torch.device
             ran = parts.runner.run(min(count - done, steps_per_epoch - position))
             done, position = done + ran, position + ran
 
-    return run, config
+    return run, config, (precision, reason)
 
 
 def epoch_steps(config) -> int:
@@ -114,7 +119,7 @@ def warm_up(run, device: torch.device) -> None:
 def measure(preset: str, variant: str, overrides: list[str] | None, device_name: str, steps: int, windows: int) -> dict:
     """Train ``windows`` x ``steps`` steps after warm-up; return speed and memory of this process."""
     device = resolve_device(device_name)
-    run, config = build_stepper(preset, overrides, device, device_name)
+    run, config, (precision, reason) = build_stepper(preset, overrides, device, device_name)
     batch, d_steps = config.train.batch_size, config.train.d_steps
     warm_up(run, device)
     synchronize(device)
@@ -130,7 +135,8 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
     best = min(seconds)  # the least disturbed window
     return {
         "preset": preset, "variant": variant, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "batch_size": batch, "steps_timed": steps * windows,
+        "threads": torch.get_num_threads(), "cpu": cpu_description(), "precision": precision, "precision_reason": reason,
+        "batch_size": batch, "steps_timed": steps * windows,
         "images_per_second": steps * batch * d_steps / best,
         "seconds_per_epoch": seconds_per_epoch(best / steps, config),
         "window_seconds": seconds,
@@ -145,7 +151,7 @@ def measure_paired(preset: str, variants: dict, device_name: str, steps: int) ->
     speed-up is the median over turns of the first variant's step time over this one's."""
     device = resolve_device(device_name)
     steppers = {name: build_stepper(preset, overrides, device, device_name) for name, overrides in variants.items()}
-    for run, _ in steppers.values():
+    for run, _, _ in steppers.values():
         warm_up(run, device)
     times: dict[str, list[float]] = {name: [] for name in steppers}
     names = list(steppers)
@@ -159,10 +165,11 @@ def measure_paired(preset: str, variants: dict, device_name: str, steps: int) ->
     first = names[0]
     results = []
     for name in names:
-        config = steppers[name][1]
+        _, config, (precision, reason) = steppers[name]
         ratios = [a / b for a, b in zip(times[first], times[name])]
         results.append({"preset": preset, "variant": name, "paired_with": first, "steps_timed": steps,
-                        "batch_size": config.train.batch_size,
+                        "threads": torch.get_num_threads(), "cpu": cpu_description(),
+                        "precision": precision, "precision_reason": reason, "batch_size": config.train.batch_size,
                         "seconds_per_epoch": seconds_per_epoch(statistics.median(times[name]), config),
                         "speedup_over_first": statistics.median(ratios),
                         "speedup_quartiles": statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else ratios * 2})
@@ -247,13 +254,28 @@ def main() -> None:
     report(results, device_type, args.json)
 
 
+def print_cpu(results: list[dict]) -> None:
+    """Above a table: the CPU it ran on (as the measuring process saw it), its bf16 flags and threads."""
+    cpu = results[0]["cpu"] if results and "cpu" in results[0] else cpu_description()
+    print(f"CPU: {describe_cpu(cpu)}")
+
+
+def print_precisions(results: list[dict]) -> None:
+    """Under a table: the precision "auto" chose for the mnistgan variant, and why."""
+    for r in results:
+        if r["variant"] == "mnistgan":
+            print(f"  {r['preset']}: mnistgan trained in {r['precision']} ({r['precision_reason']})")
+
+
 def report_paired(results: list[dict], device_type: str) -> None:
     print(f"\ndevice: {device_type}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; steps in turn, medians")
+    print_cpu(results)
     print(f"{'preset':<18} {'variant':<16} {'batch':>5} {'s/epoch':>9} {'speed-up':>9} {'quartiles':>11}")
     for r in results:
         low, high = r["speedup_quartiles"]
         print(f"{r['preset']:<18} {r['variant']:<16} {r['batch_size']:>5} {r['seconds_per_epoch']:>9.3f} "
               f"{r['speedup_over_first']:>8.2f}x {low:>5.2f}-{high:<5.2f}")
+    print_precisions(results)
 
 
 def measure_in_child(args, preset: str, variant: str, overrides: list[str] | None) -> dict | None:
@@ -280,6 +302,7 @@ def report(results: list[dict], device_type: str, json_path: Path | None) -> Non
                                     if baseline else [])
     device = results[0]["device"] if results else device_type
     print(f"\ndevice: {device}, torch {torch.__version__}, {results[0]['threads'] if results else '?'} CPU threads")
+    print_cpu(results)
     print(f"{'preset':<18} {'variant':<16} {'batch':>5} {'img/s':>10} {'s/epoch':>9} {'vs naive':>8} {'per round':>11} "
           f"{'peak MB':>9} {'MB 1st/last window':>19}")
     for r in results:
@@ -288,6 +311,7 @@ def report(results: list[dict], device_type: str, json_path: Path | None) -> Non
         spread = f"{min(rounds):.2f}-{max(rounds):.2f}" if len(rounds) > 1 else "-"
         print(f"{r['preset']:<18} {r['variant']:<16} {r['batch_size']:>5} {r['images_per_second']:>10,.0f} {r['seconds_per_epoch']:>9.3f} "
               f"{ratio:>8} {spread:>11} {r['peak_memory_mb']:>9.0f} {r['memory_first_window_mb']:>9.0f}/{r['memory_last_window_mb']:<9.0f}")
+    print_precisions(results)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
 

@@ -1,8 +1,24 @@
-"""Where and how training computes: the device, the precision, and the process-wide backend flags."""
+"""Where and how training computes: the device, the precision, and the process-wide backend flags.
+
+``performance.precision = "auto"`` on the CPU is decided by measurement (``choose_precision``): a
+short probe times this run's own networks in fp32 and in bf16 autocast, and the answer is cached
+per CPU, torch version, thread count and network shape in the user cache (``precision.json``
+beside the MNIST cache). CPU flags alone do not say which is faster (docs/speed.md).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 
 from .config import Config
 from .errors import UserError
@@ -35,25 +51,205 @@ def uses_channels_last(config: Config) -> bool:
     return config.performance.channels_last and config.model.architecture == "dcgan"
 
 
+# -- the CPU ---------------------------------------------------------------------------------------
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")  # those that bear on bf16 speed
+
+
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX); without them oneDNN
-    emulates bf16, far slower than fp32."""
+    emulates bf16, far slower than fp32. Having them does not make bf16 faster (choose_precision)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def resolve_precision(config: Config, device: torch.device) -> str:
-    """'auto': bf16 autocast (fp32 master weights) where it is measured faster, else fp32.
+def cpu_description() -> dict:
+    """This CPU as the precision cache and the benchmarks name it: model name, family, model, the
+    flags of CPU_FLAGS it has (from /proc/cpuinfo where there is one), native bf16, torch's threads."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor's block describes them all
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    present = set(fields.get("flags", "").split())
+    return {
+        "model_name": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+        "family": fields.get("cpu family", ""),
+        "model": fields.get("model", ""),
+        "flags": [flag for flag in CPU_FLAGS if flag in present],
+        "native_bf16": cpu_computes_bf16(),
+        "threads": torch.get_num_threads(),
+    }
 
-    CUDA: bf16 for the conv nets; the MLPs' matrix products at batch 64 are too small for bf16 to
-    pay for its casts. CPU: bf16 when the CPU computes bf16 natively, else fp32 (docs/speed.md).
+
+def describe_cpu(cpu: dict | None = None) -> str:
+    """One line: ``AMD EPYC (family 25, model 1), flags avx2, no native bf16, 2 threads``."""
+    cpu = cpu or cpu_description()
+    where = f" (family {cpu['family']}, model {cpu['model']})" if cpu["family"] else ""
+    return (f"{cpu['model_name']}{where}, flags {' '.join(cpu['flags']) or 'none of ' + '/'.join(CPU_FLAGS)}, "
+            f"{'native' if cpu['native_bf16'] else 'no native'} bf16, {cpu['threads']} threads")
+
+
+# -- the precision ---------------------------------------------------------------------------------
+
+PROBE_SECONDS = 0.75  # the probe's timed rounds stop once this much has passed (after PROBE_MIN_ROUNDS)
+PROBE_MIN_ROUNDS = 3
+PROBE_MAX_ROUNDS = 25
+PROBE_DEADLINE = 2.0  # no round starts this long after the probe began (warm-up included), but there is always one
+BF16_MARGIN = 0.05  # bf16 only when its median step is at least this much faster: on a tie, fp32's accuracy wins
+AGREEMENT = 0.75  # a choice is cached only when this share of the rounds agrees with it (else the next run probes again)
+CACHE_VERSION = 1
+
+
+def precision_cache_path() -> Path:
+    """The per-user file of measured choices: ``precision.json`` beside the MNIST cache
+    (``~/.cache/mnistgan/precision.json`` unless $MNISTGAN_CACHE_DIR or $XDG_CACHE_HOME say otherwise)."""
+    from .data import cache_dir
+    return cache_dir().parent / "precision.json"
+
+
+def measure_step_seconds(config: Config, precisions: list[str]) -> dict[str, list[float]]:
+    """Seconds of one probe step in each precision on the CPU, one per round: copies of this config's
+    G and D (built here, never the run's, in train mode), a batch of ``train.batch_size``: G forward,
+    D forward on the generated images, the backward of both networks. One warm-up step each (oneDNN
+    builds its kernels for these shapes), then rounds of one step per precision in turn, the order
+    alternating, so that a machine whose speed drifts slows both alike; PROBE_MIN_ROUNDS to
+    PROBE_MAX_ROUNDS rounds, PROBE_SECONDS in all, and no round starts PROBE_DEADLINE after the
+    probe began (big networks on a slow CPU get fewer, but always one). Torch's global RNG is
+    restored afterwards."""
+    from .models import build_discriminator, build_generator
+    from .sampling import draw_inputs
+
+    model, batch = config.model, config.train.batch_size
+    times: dict[str, list[float]] = {precision: [] for precision in precisions}
+    began = time.perf_counter()
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(0)
+        generator, discriminator = build_generator(model).train(), build_discriminator(model).train()
+        if uses_channels_last(config):
+            generator.to(memory_format=torch.channels_last)
+            discriminator.to(memory_format=torch.channels_last)
+        z, labels = draw_inputs(model, batch)
+
+        def step(precision: str) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False):
+                scores = discriminator(generator(z, labels), labels).float()
+            F.softplus(-scores).mean().backward()  # G's non-saturating loss: gradients through D into G
+            generator.zero_grad(set_to_none=True)
+            discriminator.zero_grad(set_to_none=True)
+
+        for precision in precisions:
+            step(precision)
+        start = time.perf_counter()
+        rounds = 0
+        while rounds == 0 or (rounds < PROBE_MAX_ROUNDS and time.perf_counter() - began < PROBE_DEADLINE
+                              and (rounds < PROBE_MIN_ROUNDS or time.perf_counter() - start < PROBE_SECONDS)):
+            for precision in (precisions if rounds % 2 == 0 else precisions[::-1]):
+                step_start = time.perf_counter()
+                step(precision)
+                times[precision].append(time.perf_counter() - step_start)
+            rounds += 1
+    return times
+
+
+def _cache_key(config: Config, cpu: dict) -> str:
+    """Which measurement answers this run: the CPU, torch, the threads and the networks' shape."""
+    identity = {
+        "cpu": {key: cpu[key] for key in ("model_name", "family", "model", "flags", "native_bf16", "threads")},
+        "torch": torch.__version__,
+        "model": dataclasses.asdict(config.model),
+        "batch_size": config.train.batch_size,
+        "channels_last": uses_channels_last(config),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _read_cache(path: Path) -> dict:
+    """The cache's entries; {} for a missing, unreadable or damaged file (the probe runs again)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON and bad UTF-8 alike
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
+
+
+def _valid_entry(entry) -> bool:
+    return isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16") and isinstance(entry.get("reason"), str)
+
+
+def _write_cache(path: Path, entries: dict) -> None:
+    """Atomically; a cache that cannot be written costs the next run a probe, nothing else."""
+    from .files import write_text_atomically
+    try:
+        write_text_atomically(path, json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+def choose_precision(config: Config, device: torch.device,
+                     timer: Callable[[Config, list[str]], dict[str, list[float]]] | None = None,
+                     cache_path: Path | None = None) -> tuple[str, str]:
+    """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
+
+    A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" on CUDA: bf16 for the conv
+    nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too small for bf16 to
+    pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16 is far slower; no
+    probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
+    ``BF16_MARGIN`` faster), cached in ``cache_path`` (default ``precision_cache_path()``).
+    ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
+    paired by position (default ``measure_step_seconds``); the choice is cached only when at least
+    ``AGREEMENT`` of the rounds agree with it.
     """
     precision = config.performance.precision
     if precision != "auto":
-        return precision
+        return precision, "set by performance.precision"
     if device.type == "cuda":
-        return "bf16" if config.model.architecture == "dcgan" else "fp32"
-    return "bf16" if cpu_computes_bf16() else "fp32"
+        if config.model.architecture == "dcgan":
+            return "bf16", "auto on CUDA for convolutional networks"
+        return "fp32", "auto on CUDA for fully connected networks, with TF32"
+    if not cpu_computes_bf16():
+        return "fp32", "no native bf16 on this CPU"  # neither AVX512-BF16 nor AMX: bf16 would be emulated
+
+    cpu = cpu_description()
+    path = precision_cache_path() if cache_path is None else Path(cache_path)
+    key = _cache_key(config, cpu)
+    entries = _read_cache(path)
+    entry = entries.get(key)
+    if _valid_entry(entry):
+        return entry["precision"], f"cached: {entry['reason']}"
+
+    began = time.perf_counter()
+    rounds = (timer or measure_step_seconds)(config, ["fp32", "bf16"])
+    probe_seconds = time.perf_counter() - began
+    fp32, bf16 = statistics.median(rounds["fp32"]), statistics.median(rounds["bf16"])
+    choice = "bf16" if bf16 < fp32 * (1 - BF16_MARGIN) else "fp32"
+    agreeing = sum((b < f * (1 - BF16_MARGIN)) == (choice == "bf16") for f, b in zip(rounds["fp32"], rounds["bf16"]))
+    conclusive = agreeing >= AGREEMENT * min(len(rounds["fp32"]), len(rounds["bf16"]))
+    first, second = (bf16, fp32) if choice == "bf16" else (fp32, bf16)
+    other = "fp32" if choice == "bf16" else "bf16"
+    reason = f"measured {first * 1e3:.1f} ms {choice} vs {second * 1e3:.1f} ms {other} per probe step"
+    if not conclusive:  # a busy machine: the rounds disagree; the next run measures again
+        return choice, f"{reason}; the rounds disagree, not cached"
+    entries = {k: v for k, v in entries.items() if _valid_entry(v)}
+    entries[key] = {"precision": choice, "reason": reason, "fp32_ms": round(fp32 * 1e3, 3), "bf16_ms": round(bf16 * 1e3, 3),
+                    "rounds": len(rounds["fp32"]), "probe_seconds": round(probe_seconds, 3), "cpu": describe_cpu(cpu),
+                    "torch": torch.__version__, "preset": config.preset, "batch_size": config.train.batch_size,
+                    "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _write_cache(path, entries)
+    return choice, reason
+
+
+def resolve_precision(config: Config, device: torch.device) -> str:
+    """'auto': bf16 autocast (fp32 master weights) where it is measured faster, else fp32
+    (``choose_precision``, which also says why)."""
+    return choose_precision(config, device)[0]
 
 
 def configure_backends(device: torch.device, precision: str) -> None:
