@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,24 @@ from conftest import TINY_MLP
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def trained_run(tmp_path_factory):
+    """One trained run for the module; tests never touch it, they get their own copy (``run_dir``)."""
     out = tmp_path_factory.mktemp("report") / "run"
     mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.sample_every": 1}, out=out)
     return out
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path):
+    """This test's own copy of the trained run: what one test writes (metrics.json, a refreshed
+    report) no other test sees, whatever the order they run in."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def assert_one_line_naming(error: str, *words: str) -> None:
+    assert error.count("\n") == 0 and "Traceback" not in error, error
+    for word in words:
+        assert word in error, (word, error)
 
 
 def embedded_images(page: str) -> list[bytes]:
@@ -66,47 +81,44 @@ def test_text_from_the_run_is_escaped(run_dir, tmp_path):
 
 def test_the_report_command(run_dir, tmp_path, capsys):
     assert main(["report", "--run", str(run_dir), "--out", str(tmp_path / "r.html")]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'r.html'}"
-    assert (tmp_path / "r.html").read_text() == (run_dir / "report.html").read_text()
+    out = capsys.readouterr().out.strip()
+    assert "wrote" in out and str(tmp_path / "r.html") in out
+    assert (tmp_path / "r.html").read_text() == render_report(RunPaths(run_dir))  # the run's page, written elsewhere
     assert main(["report", "--run", str(tmp_path / "nowhere")]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "is not a directory" in error
+    assert_one_line_naming(capsys.readouterr().err.strip(), str(tmp_path / "nowhere"), "not a directory")
     assert write_report(run_dir) == run_dir / "report.html"
 
 
-def copy_of(run_dir, tmp_path):
-    import shutil
-
-    return Path(shutil.copytree(run_dir, tmp_path / "copy"))
-
-
-def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, tmp_path, capsys):
-    copy = copy_of(run_dir, tmp_path)
-    with open(copy / "losses.csv", "a") as handle:
+def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, capsys):
+    with open(run_dir / "losses.csv", "a") as handle:
         handle.write("41,4,0.5")  # a row cut short by a kill
-    (copy / "metrics.json").write_text('{"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": null')  # cut short
-    page = render_report(RunPaths(copy))
+    (run_dir / "metrics.json").write_text('{"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": null')  # cut short
+    page = render_report(RunPaths(run_dir))
     assert "metrics.json cannot be read" in page and "<script>" not in page
-    (copy / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": None}))
-    page = render_report(RunPaths(copy))
+    (run_dir / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": None}))
+    page = render_report(RunPaths(run_dir))
     assert "&lt;script&gt;x&lt;/script&gt; samples" in page and "<td class=\"number\">None</td>" in page
-    assert main(["evaluate", "--run", str(copy), "--n", "200", "--device", "cpu"]) == 0  # the report is a view: no traceback
-    assert "Fréchet distance" in (copy / "report.html").read_text()
+    assert main(["evaluate", "--run", str(run_dir), "--n", "200", "--device", "cpu"]) == 0  # the report is a view: no traceback
+    assert "Fréchet distance" in (run_dir / "report.html").read_text()
 
 
-def test_quality_measured_before_more_training_is_marked_stale(run_dir, tmp_path):
-    copy = copy_of(run_dir, tmp_path)
-    (copy / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": 300, "weights": str(copy / "generator.safetensors")}))
-    assert "Stale" not in render_report(RunPaths(copy))
-    later = (copy / "metrics.json").stat().st_mtime + 10
-    os.utime(copy / "generator.safetensors", (later, later))  # the generator was written again since
-    assert "<strong>Stale:</strong> the run trained on after this evaluation" in render_report(RunPaths(copy))
+def test_quality_measured_before_more_training_is_marked_stale(run_dir):
+    (run_dir / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": 300, "weights": str(run_dir / "generator.safetensors")}))
+    assert "Stale" not in render_report(RunPaths(run_dir))
+    later = (run_dir / "metrics.json").stat().st_mtime + 10
+    os.utime(run_dir / "generator.safetensors", (later, later))  # the generator was written again since
+    page = render_report(RunPaths(run_dir))
+    assert "Stale:" in page and "trained on after this evaluation" in page
 
 
-@pytest.mark.parametrize("out, message", [(".", "is a folder; give the report's file name"),
-                                          ("missing/r.html", "does not exist")])
-def test_report_out_errors_are_one_line(run_dir, tmp_path, capsys, out, message):
+@pytest.mark.parametrize("out, words", [(".", ("is a folder", "give the report's file name")),
+                                        ("missing/r.html", ("missing", "does not exist"))])
+def test_report_out_errors_are_one_line(run_dir, tmp_path, capsys, out, words):
     assert main(["report", "--run", str(run_dir), "--out", str(tmp_path / out)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and message in error
+    assert_one_line_naming(capsys.readouterr().err.strip(), "--out", *words)
     assert not (tmp_path / "missing").exists()
+
+
+def test_each_test_gets_its_own_unevaluated_run(run_dir, trained_run):
+    """The copy is fresh: no metrics.json from another test, and a different folder from the shared run."""
+    assert run_dir != trained_run and not (run_dir / "metrics.json").exists() and not (trained_run / "metrics.json").exists()

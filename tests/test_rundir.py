@@ -6,35 +6,72 @@ from pathlib import Path
 
 import pytest
 
+import mnistgan.rundir
 from mnistgan.errors import UserError
 from mnistgan.rundir import RunDirClaim, RunLock
+
+
+def assert_names(error: Exception, *words: str) -> None:
+    """The message names what it is about and says what is wrong / what to do: each of ``words`` is in it."""
+    message = str(error)
+    for word in words:
+        assert word in message, (word, message)
 
 
 def test_an_empty_folder_is_taken_once(tmp_path):
     (tmp_path / ".gitkeep").write_text("")  # hidden files do not make a folder taken
     claim = RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 1\n")
     assert (tmp_path / "config.toml").read_text() == "a = 1\n"
-    with pytest.raises(UserError, match="holds a run that is training right now"):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
+    assert_names(refused.value, str(tmp_path), "training right now", "choose another --out")
     claim.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".gitkeep"]  # the folder was there before: it stays
 
 
 def test_a_run_that_died_before_its_first_checkpoint_is_told_apart(tmp_path):
     RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 1\n").close()  # as if killed before its first checkpoint
-    with pytest.raises(UserError, match="holds a run that stopped before its first checkpoint .*; delete the folder"):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 2\n")
+    assert_names(refused.value, str(tmp_path), "stopped before its first checkpoint", "delete the folder")
 
 
-def test_two_claims_racing_for_one_folder(tmp_path, monkeypatch):
+def test_two_claims_racing_for_one_folder_without_locks(tmp_path, monkeypatch):
+    # Where locks are unavailable (Windows, file systems without flock), config.toml's exclusive
+    # create ("x") is all that keeps two runs out of one folder: no lock may refuse the claim first.
+    monkeypatch.setattr(mnistgan.rundir, "fcntl", None)
     first = RunDirClaim(tmp_path / "run", tmp_path / "runs", "x", "a = 1\n")
+    assert first.lock is not None and not first.lock.supported  # nothing is locked
     # The second claim looked before the first wrote its config (the race: it saw an empty folder),
     # then tries to create the config itself.
     real_exists = Path.exists
     monkeypatch.setattr(Path, "exists", lambda self: self.name != "config.toml" and real_exists(self))
     monkeypatch.setattr(Path, "iterdir", lambda self: iter(()))
-    with pytest.raises(UserError, match="another run is starting in"):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(tmp_path / "run", tmp_path / "runs", "x", "a = 2\n")
+    assert_names(refused.value, str(tmp_path / "run"), "another run is starting", "choose another --out")
+    monkeypatch.undo()
+    assert (first.path / "config.toml").read_text() == "a = 1\n"  # the first run's config, neither overwritten nor removed
+
+
+def test_two_claims_racing_for_one_folder_with_locks(tmp_path, monkeypatch):
+    # With locks the second claim is refused by the first one's lock, before it touches the config.
+    first = RunDirClaim(tmp_path / "run", tmp_path / "runs", "x", "a = 1\n")
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self: self.name != "config.toml" and real_exists(self))
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(()))
+    opened = []
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(path)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(mnistgan.rundir, "open", recording_open, raising=False)
+    with pytest.raises(UserError) as refused:
+        RunDirClaim(tmp_path / "run", tmp_path / "runs", "x", "a = 2\n")
+    assert_names(refused.value, str(tmp_path / "run"), "another run is starting")
+    assert opened == []  # the lock refused it: config.toml was never opened
+    monkeypatch.undo()
     assert (first.path / "config.toml").read_text() == "a = 1\n"
 
 
@@ -70,8 +107,9 @@ def test_numbered_folders_count_on(tmp_path):
 ])
 def test_a_runs_folder_that_is_not_one_is_a_clear_error(tmp_path, make, message):
     make(tmp_path / "runs")
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(None, tmp_path / "runs", "x", "")
+    assert_names(refused.value, str(tmp_path / "runs"), message, "choose another --out")
 
 
 def test_a_run_lock_is_held_by_one_holder_at_a_time(tmp_path):
@@ -112,8 +150,9 @@ def test_where_locks_are_unavailable_the_message_hedges(tmp_path, monkeypatch):
     monkeypatch.setattr(mnistgan.rundir, "fcntl", None)
     RunDirClaim(tmp_path, tmp_path / "runs", "x", "").close()
     assert RunLock.training_now(tmp_path) is None
-    with pytest.raises(UserError, match="no checkpoint yet .* if it is not running, delete the folder"):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "")
+    assert_names(refused.value, str(tmp_path), "no checkpoint yet", "if it is not running", "delete the folder")
 
 
 def test_probes_do_not_look_like_a_live_run(tmp_path):
@@ -134,8 +173,9 @@ def test_probes_do_not_look_like_a_live_run(tmp_path):
 def test_a_refused_claim_keeps_a_lock_file_it_did_not_make(tmp_path):
     (tmp_path / RunLock.LOCK_FILE).write_text("")
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="already has files"):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(tmp_path, tmp_path / "runs", "x", "")
+    assert_names(refused.value, str(tmp_path), "already has files", "notes.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == [RunLock.LOCK_FILE, "notes.txt"]
 
 
@@ -158,6 +198,7 @@ def test_a_claim_that_fails_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch)
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(mnistgan.rundir, "open", FullDisk, raising=False)
-    with pytest.raises(UserError, match=r"\(No space left on device\); free some space or choose another --out"):
+    with pytest.raises(UserError) as refused:
         RunDirClaim(None, tmp_path / "runs", "x", "a = 1\n")
+    assert_names(refused.value, str(tmp_path / "runs"), "No space left on device", "free some space")
     assert list((tmp_path / "runs").iterdir()) == []  # no half-made run folder for later commands to trip on

@@ -21,13 +21,13 @@ FLAG_NAMES = {"overrides": "set", "run_dir": "run"}
 
 
 def option(name: str) -> str:
-    """How a message names an option: ``--batch-size`` on the command line, ``batch_size=`` in Python.
+    """How a message names an option: ``--batch-size`` on the command line, ``'batch_size'`` in Python.
 
     The same error reaches a shell user and a notebook user; each should read the name they typed.
     """
     if _command_line.get():
         return "--" + FLAG_NAMES.get(name, name).replace("_", "-")
-    return f"{name}="
+    return f"'{name}'"
 
 
 @contextlib.contextmanager
