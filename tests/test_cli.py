@@ -307,7 +307,7 @@ def test_sigterm_while_the_data_loads_leaves_no_folder(capsys, tmp_path, monkeyp
         os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler main() installed
         raise AssertionError("SIGTERM did not interrupt the start")
 
-    monkeypatch.setattr(mnistgan.training, "load_mnist", terminated_while_loading)
+    monkeypatch.setattr(mnistgan.training, "load_dataset", terminated_while_loading)
     before = signal.getsignal(signal.SIGTERM)
     assert main(["train", "--preset", "mlp-gan", "--out", str(tmp_path / "a" / "run")] + TINY_ARGS) == 128 + signal.SIGTERM
     error = capsys.readouterr().err.strip()

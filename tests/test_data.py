@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import os
 
@@ -106,7 +107,7 @@ def test_corrupt_gzip(tmp_path):
 
 def test_explicit_directory_without_files_is_an_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MNISTGAN_DATA_DIR", raising=False)
-    with pytest.raises(UserError, match="--data-dir .* lacks"):
+    with pytest.raises(UserError, match="data_dir.* lacks"):
         data.find_data_dir(tmp_path)
     monkeypatch.setenv("MNISTGAN_DATA_DIR", str(tmp_path))
     with pytest.raises(UserError, match=r"\$MNISTGAN_DATA_DIR"):
@@ -155,14 +156,14 @@ def test_download_checks_content(tmp_path, monkeypatch):
 
     def fake_urlopen(url, timeout):
         name = url.rsplit("/", 1)[1][:-3]
-        if url.startswith(data.MIRRORS[0]):
+        if url.startswith(data.MNIST.mirrors[0]):
             return Response(gzip.compress(b"tampered"))
         return Response(good[name])
 
     monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
-    data.download_mnist(data.cache_dir())
+    data.download_idx(data.cache_dir())
     assert sorted(os.listdir(data.cache_dir())) == sorted(f"{n}.gz" for n in data.FILES.values())
-    assert len(data._load_split(data.cache_dir(), "test", True)) == 10_000
+    assert len(data._load_split(data.cache_dir(), "test", True, data.MNIST)) == 10_000
 
 
 def test_shipped_mnist_is_complete_and_verified():
@@ -246,11 +247,11 @@ def test_a_mirror_serving_a_gzip_bomb_is_skipped_without_inflating_it(tmp_path, 
             return False
 
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response())
-    monkeypatch.setattr(data, "MIRRORS", data.MIRRORS[:1])
+    one_mirror = dataclasses.replace(data.MNIST, mirrors=data.MNIST.mirrors[:1])
     tracemalloc.start()
     try:
         with pytest.raises(UserError, match="could not download"):
-            data.download_mnist(data.cache_dir())
+            data.download_idx(data.cache_dir(), one_mirror)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

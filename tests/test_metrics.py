@@ -188,7 +188,7 @@ def small_reference(monkeypatch, tmp_path):
 def test_evaluate_images_returns_every_key_and_caches_the_reference(small_reference):
     images = to_unit_range(load_mnist("train").images[:300])
     first = metrics.evaluate_images(images)
-    assert set(first) == set(metrics.METRIC_KEYS) - {"conditional_accuracy"}
+    assert set(first) == set(metrics.METRIC_KEYS) - {"conditional_accuracy", "modes_covered", "reverse_kl", "channel_confidence"}
     assert first["n"] == 300 and len(first["class_histogram"]) == 10
     cached = list(small_reference.glob("test-first1000-evaluator-*.safetensors"))
     assert len(cached) == 1 and metrics.evaluator.WEIGHTS_SHA256[:16] in cached[0].name
@@ -236,7 +236,7 @@ def test_conditional_accuracy():
     images, labels = to_unit_range(test.images[:500]), test.labels[:500]
     assert metrics.conditional_accuracy(images, labels) > 0.98
     assert metrics.conditional_accuracy(images, (labels + 1) % 10) < 0.02
-    with pytest.raises(UserError, match="digits 0..9"):
+    with pytest.raises(UserError, match="classes 0..9"):
         metrics.conditional_accuracy(images, labels + 10)
     with pytest.raises(UserError, match="shape"):
         metrics.conditional_accuracy(images, labels[:10])

@@ -22,13 +22,15 @@ from PIL import Image
 from .checkpoint import load_checkpoint, load_weights, read_generator_file
 from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
+from .datasets import check_name, load_dataset
 from .devices import resolve_device
 from .distributed import is_main_process
 from .errors import UserError, option
 from .files import write_text_atomically
 from .metrics import conditional_accuracy, evaluate_images
 from .metrics import evaluate_real as evaluate_real_images
-from .metrics.samples import load_samples
+from .metrics.modes import STACKED_SAMPLES, evaluate_stacked, stacked_floor
+from .imagefiles import load_samples
 from .models import build_generator
 from .plots import image_grid
 from .report import refresh_report
@@ -56,6 +58,12 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[s
     return config.replace({**shortcut_overrides(shortcuts), **(overrides or {})})
 
 
+def fit_to_dataset(config: Config, data_dir=None) -> Config:
+    """The config with the networks' channels and classes taken from its dataset (``data.dataset``)."""
+    dataset = load_dataset(check_name(config.data.dataset), "train", data_dir, config.data.channels)
+    return config.replace({"model.channels": dataset.channels, "model.num_classes": max(1, dataset.num_classes)})
+
+
 def train(preset: str | None = None, *, preset_file: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None, resume: str | Path | None = None,
           progress: bool | None = None, **shortcuts) -> "Run":
@@ -71,8 +79,8 @@ def train(preset: str | None = None, *, preset_file: str | Path | None = None, o
     if resume is not None:
         return _resume(resume, data_dir, progress, preset=preset, preset_file=preset_file, overrides=overrides, out=out,
                        **shortcuts)
-    config = resolve_config(preset, overrides, preset_file=preset_file, **shortcuts)
-    name = config.preset
+    config = fit_to_dataset(resolve_config(preset, overrides, preset_file=preset_file, **shortcuts), data_dir)
+    name = config.preset if config.data.dataset == "mnist" else f"{config.preset}-{_folder_safe(config.data.dataset)}"
     if not is_main_process():  # under torchrun only the first process writes; the others train into its folder
         paths = run_training(config, Path(out) if out is not None else Path("runs"), data_dir=data_dir, progress=progress)
         return Run(paths.root)
@@ -84,6 +92,13 @@ def train(preset: str | None = None, *, preset_file: str | Path | None = None, o
         raise
     claim.close()
     return Run(paths.root)
+
+
+def _folder_safe(name: str) -> str:
+    """A dataset's name as part of a run folder's name: folder:/data/my glyphs -> folder-my-glyphs."""
+    if name.startswith("folder:"):
+        name = "folder-" + Path(name[len("folder:"):]).name
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "data"
 
 
 def _resume(run_dir: str | Path, data_dir, progress, **given) -> "Run":
@@ -103,14 +118,19 @@ def _resume(run_dir: str | Path, data_dir, progress, **given) -> "Run":
     return Run(paths.root)
 
 
-def evaluate_samples(path: str | Path, device: str = "auto") -> dict:
-    """Score samples made by any tool: a .npy array or a folder of 28x28 PNG digits."""
-    return evaluate_images(load_samples(path), device=resolve_device(device))
+def evaluate_samples(path: str | Path, device: str = "auto", dataset: str = "mnist") -> dict:
+    """Score samples made by any tool, a .npy array or a folder of 28x28 PNGs, as samples of ``dataset``."""
+    if check_name(dataset) == "stacked-mnist":
+        return evaluate_stacked(load_samples(path, channels=3), device=resolve_device(device))
+    return evaluate_images(load_samples(path), device=resolve_device(device), dataset=dataset)
 
 
-def evaluate_real(n: int = 10_000, device: str = "auto") -> dict:
-    """The real-data floor: ``n`` training images scored against the test set like samples."""
-    return evaluate_real_images(n, device=resolve_device(device))
+def evaluate_real(n: int | None = None, device: str = "auto", dataset: str = "mnist") -> dict:
+    """The real-data floor: ``n`` training images of ``dataset`` scored against its test set like samples
+    (Stacked MNIST: ``n`` real stacks through the modes metric)."""
+    if check_name(dataset) == "stacked-mnist":
+        return stacked_floor(n or STACKED_SAMPLES, device=resolve_device(device))
+    return evaluate_real_images(n or 10_000, device=resolve_device(device), dataset=dataset)
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> "Run":
@@ -191,10 +211,11 @@ class Run:
             if digit is not None:
                 raise UserError(f"{option('digit')} needs a conditional run (train with {option('conditional')})")
             return None
-        if digit is None:  # a conditional run asked for no digit: an even mix, in a seeded order
-            return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)) % 10
-        if not 0 <= digit <= 9:
-            raise UserError(f"{option('digit')} must be 0-9 or 'all'; got {digit}")
+        classes = self.config.model.num_classes
+        if digit is None:  # a conditional run asked for no class: an even mix, in a seeded order
+            return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)) % classes
+        if not 0 <= digit < classes:
+            raise UserError(f"{option('digit')} must be a class 0-{classes - 1} or 'all'; got {digit}")
         return torch.full((n,), digit, dtype=torch.long)
 
     def sample_digits(self, per_digit: int = CONDITIONAL_GRID_COLUMNS, seed: int = 0) -> torch.Tensor:
@@ -223,22 +244,31 @@ class Run:
             raise UserError("this run has not been evaluated yet; call run.evaluate() or `mnistgan evaluate --run`")
         return json.loads(self.paths.metrics_json.read_text())
 
-    def evaluate(self, n: int = 10_000, seed: int = 0, device: str = "auto", reference: str = "test", save: bool = True) -> dict:
-        """Score ``n`` samples with the shipped evaluator (see ``mnistgan.metrics``); with ``save``, a run
-        opened from its directory keeps the result as metrics.json.
+    def evaluate(self, n: int | None = None, seed: int = 0, device: str = "auto", reference: str = "test",
+                 save: bool = True) -> dict:
+        """Score ``n`` samples with the evaluator of the run's dataset (see ``mnistgan.metrics``); with
+        ``save``, a run opened from its directory keeps the result as metrics.json. ``n`` defaults to
+        the convention: 10,000 (26,000 for Stacked MNIST's modes).
 
         Conditional runs also get ``conditional_accuracy``: how often the evaluator reads the
-        digit that was asked for, over ``n`` samples with the digits in equal shares.
+        class that was asked for, over ``n`` samples with the classes in equal shares.
         """
         torch_device = resolve_device(device)
         self.generator.to(torch_device)
-        result = evaluate_images(self.sample(n, seed, device=torch_device), reference=reference, device=torch_device)
-        if self.config.model.conditional:
-            digits = torch.arange(n) % 10
-            z = sample_latent(self.config.model, n, "cpu", torch.Generator().manual_seed(seed + 1))
-            images = generate(self.generator, z.to(torch_device), digits.to(torch_device))
-            result["conditional_accuracy"] = conditional_accuracy(images, digits, device=torch_device)
-        result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset)
+        dataset = self.config.data.dataset
+        if dataset == "stacked-mnist":
+            result = evaluate_stacked(self.sample(n or STACKED_SAMPLES, seed, device=torch_device), device=torch_device)
+        else:
+            n = n or 10_000
+            result = evaluate_images(self.sample(n, seed, device=torch_device), reference=reference, device=torch_device,
+                                     dataset=dataset)
+            if self.config.model.conditional:
+                classes = torch.arange(n) % self.config.model.num_classes
+                z = sample_latent(self.config.model, n, "cpu", torch.Generator().manual_seed(seed + 1))
+                images = generate(self.generator, z.to(torch_device), classes.to(torch_device))
+                result["conditional_accuracy"] = conditional_accuracy(images, classes, device=torch_device, dataset=dataset)
+        result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset,
+                      dataset=dataset)
         if save and self.paths is not None:
             write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
             refresh_report(self.paths.root)

@@ -46,9 +46,9 @@ _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 def _digit(text: str) -> int | str:
     if text == "all":
         return text
-    if text.isdigit() and 0 <= int(text) <= 9:
+    if text.isdigit():  # the run knows how many classes it has
         return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r} is not a digit 0-9 or 'all'")
+    raise argparse.ArgumentTypeError(f"{text!r} is not a class number (a digit 0-9 for MNIST) or 'all'")
 
 
 def _add_shortcut(group, name: str, keys: tuple[str, ...], help_text: str) -> None:
@@ -91,32 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
     sample.add_argument("--digit", type=_digit, help="conditional runs: the digit to draw, or 'all' for one row per digit")
 
-    evaluate = commands.add_parser("evaluate", help="measure sample quality: FD, KID, precision/recall, density/coverage, digits",
-                                   description="Score a run's generator, a file of samples, or real data (the floor) with the shipped MNIST evaluator.")
+    evaluate = commands.add_parser("evaluate", help="measure sample quality: FD, KID, precision/recall, density/coverage, classes",
+                                   description="Score a run's generator, a file of samples, or real data (the floor) with the "
+                                               "evaluator of the dataset (Stacked MNIST: modes covered and reverse KL).")
     source = evaluate.add_mutually_exclusive_group()
     source.add_argument("--run", metavar="RUN_DIR", help="run directory; writes metrics.json into it")
     source.add_argument("--samples", metavar="FILE", help=".npy array (N,28,28 / N,1,28,28 / N,784; [-1,1], [0,1] or uint8) or a folder of PNGs")
     source.add_argument("--real", action="store_true", help="the real-data floor: N training images against the test set")
     evaluate.add_argument("--checkpoint", metavar="FILE", help="with --run or alone: these weights instead of the run's")
-    evaluate.add_argument("--n", type=_positive_int, default=10_000, help="samples to generate (default: 10000)")
+    evaluate.add_argument("--n", type=_positive_int, help="samples to generate (default: 10000; 26000 for stacked-mnist)")
+    evaluate.add_argument("--dataset", help="with --samples or --real: mnist (default), fashion-mnist, stacked-mnist or "
+                                            "folder:PATH (a run knows its own)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
     evaluate.add_argument("--reference", choices=("test", "train"), default="test", help="real images to compare with (default: test)")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print JSON only")
 
-    train_evaluator = commands.add_parser("train-evaluator", help="reproduce the shipped evaluator network's weights",
-                                          description="Train the metrics' MNIST classifier with the recipe in mnistgan/metrics/evaluator.py.")
-    train_evaluator.add_argument("--out", metavar="FILE", default="runs/evaluator/evaluator.safetensors", help="where to write the weights (default: %(default)s)")
+    train_evaluator = commands.add_parser("train-evaluator", help="train the evaluator of a dataset (or reproduce a shipped one)",
+                                          description="Train the metrics' classifier of a labelled dataset with the recipe in "
+                                                      "mnistgan/metrics/evaluator.py.")
+    train_evaluator.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist or folder:PATH (labelled images)")
+    train_evaluator.add_argument("--out", metavar="FILE", help="where to write the weights (default: runs/evaluator/DATASET.safetensors "
+                                                               "for shipped evaluators, else where `evaluate` looks for it)")
     train_evaluator.add_argument("--seed", type=_non_negative_int, help="random seed (default: the shipped weights' seed)")
     train_evaluator.add_argument("--epochs", type=_positive_int, help="passes over the training images (default: the recipe's)")
     train_evaluator.add_argument("--device", default="cpu", help="cpu (default: bit-for-bit reproducible) or cuda")
-    train_evaluator.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files")
+    train_evaluator.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's four IDX files")
 
     report = commands.add_parser("report", help="write a run's report: one HTML page with its samples, curves, quality and config",
                                  description="Write a self-contained HTML page of a run (training writes one at its end; "
                                              "`evaluate --run` refreshes it).")
     report.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory made by `mnistgan train`")
     report.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+
+    commands.add_parser("datasets", help="list the datasets a run can train on (--dataset)")
 
     presets = commands.add_parser("presets", help="list the presets, or show one's full config")
     presets.add_argument("--show", metavar="NAME", help="print this preset's full resolved config as TOML")
@@ -244,15 +252,20 @@ def _evaluate(args) -> int:
     from . import api
     from .metrics import METRIC_KEYS
 
+    dataset = args.dataset or "mnist"
     if args.real:
-        result = api.evaluate_real(args.n, args.device)
+        result = api.evaluate_real(args.n, args.device, dataset)
         floor = None
     elif args.samples:
-        result = api.evaluate_samples(args.samples, args.device)
-        floor = None if args.json else api.evaluate_real(min(result["n"], 60_000), args.device)
+        result = api.evaluate_samples(args.samples, args.device, dataset)
+        floor = None if args.json else api.evaluate_real(result["n"], args.device, dataset)
     elif args.run or args.checkpoint:
-        result = api.load(args.run, args.checkpoint).evaluate(args.n, args.seed, args.device, args.reference)
-        floor = None if args.json or args.reference != "test" else api.evaluate_real(args.n, args.device)
+        run = api.load(args.run, args.checkpoint)
+        if args.dataset is not None and args.dataset != run.config.data.dataset:
+            raise UserError(f"this run trained on {run.config.data.dataset}; leave out --dataset (a run is scored on its own)")
+        result = run.evaluate(args.n, args.seed, args.device, args.reference)
+        floor = (None if args.json or args.reference != "test"
+                 else api.evaluate_real(result["n"], args.device, run.config.data.dataset))
     else:
         raise UserError("give --run RUN_DIR, --checkpoint FILE, --samples FILE or --real")
     if args.json:
@@ -265,7 +278,8 @@ def _evaluate(args) -> int:
         if key_info.label and key in result:
             floor_text = f"{floor[key]:>11.4g}" if floor and key in floor else f"{'':>11}"
             print(f"{key_info.label:<30} {result[key]:>10.4g} {floor_text}  {key_info.better}")
-    print("class histogram (share of each digit 0-9): " + " ".join(f"{share:.3f}" for share in result["class_histogram"]))
+    if "class_histogram" in result:
+        print("class histogram (share of each class): " + " ".join(f"{share:.3f}" for share in result["class_histogram"]))
     if args.run:
         print(f"wrote {Path(args.run) / 'metrics.json'} and refreshed {Path(args.run) / 'report.html'}")
     return 0
@@ -290,16 +304,25 @@ def _report(args) -> int:
 
 
 def _train_evaluator(args) -> int:
-    from .metrics.evaluator import EPOCHS, SEED, WEIGHTS_SHA256, train_evaluator
+    from .datasets import check_name, user_evaluator_path
+    from .metrics.evaluator import EPOCHS, SEED, SHIPPED, train_evaluator
 
+    dataset = check_name(args.dataset)
+    if args.out is not None:
+        out = args.out
+    elif dataset in SHIPPED:  # a reproduction: beside the shipped file, not over it
+        out = Path("runs") / "evaluator" / f"{dataset}.safetensors"
+    else:
+        out = user_evaluator_path(dataset)
     result = train_evaluator(seed=SEED if args.seed is None else args.seed, epochs=args.epochs or EPOCHS,
-                             out_path=args.out, device=args.device, data_dir=args.data_dir)
-    print(f"test accuracy  {result['accuracy']:.4f}  (10,000 MNIST test images)")
+                             out_path=out, device=args.device, data_dir=args.data_dir, dataset=dataset)
+    print(f"test accuracy  {result['accuracy']:.4f}  ({dataset}'s test images)")
     print(f"seconds        {result['seconds']:.0f}")
     print(f"seed, epochs   {result['seed']}, {result['epochs']}")
     print(f"weights        {result['path']}")
     print(f"sha256         {result['sha256']}")
-    print(f"shipped sha256 {WEIGHTS_SHA256}  ({'identical' if result['matches_shipped'] else 'different'})")
+    if dataset in SHIPPED:
+        print(f"shipped sha256 {SHIPPED[dataset][1]}  ({'identical' if result['matches_shipped'] else 'different'})")
     return 0
 
 
@@ -317,7 +340,17 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report, "train-evaluator": _train_evaluator,
+def _datasets(args) -> int:
+    from .datasets import describe
+
+    rows = describe()
+    width = max(len(name) for name, _ in rows)
+    for name, what in rows:
+        print(f"{name:<{width}}  {what}")
+    return 0
+
+
+COMMANDS = {"datasets": _datasets, "train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report, "train-evaluator": _train_evaluator,
             "presets": _presets}
 
 

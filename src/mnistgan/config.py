@@ -1,6 +1,6 @@
 """Typed, validated configuration; presets are TOML files in ``presets/``.
 
-A config has five sections. Every value has a type, a default and a one-line meaning here; a
+A config has six sections. Every value has a type, a default and a one-line meaning here; a
 preset file overrides some of them, and ``--set section.key=value`` overrides any. An unknown key,
 a value of the wrong type or out of range is a ``UserError`` naming the key.
 """
@@ -37,6 +37,8 @@ SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "eval_every": (("train.eval_every",), "evaluate every K epochs (0 = off)"),
     "conditional": (("model.conditional",), "class-conditional G and D"),
     "device": (("performance.device",), "auto (default), cpu, cuda or cuda:N"),
+    "dataset": (("data.dataset",), "mnist (default), fashion-mnist, stacked-mnist or folder:PATH (see `mnistgan datasets`)"),
+    "channels": (("data.channels",), "your own images: 1 grey, 3 colour (default: as the files are)"),
 }
 # What a resumed run may change: anything else would not continue the same run.
 RESUMABLE_SHORTCUTS = ("epochs", "device")
@@ -48,8 +50,18 @@ def _range(low=None, high=None, low_open=False):
 
 
 @dataclass
+class DataConfig:
+    # mnist | fashion-mnist | stacked-mnist | folder:PATH (a folder of PNG/JPEG images, or a .npy array)
+    dataset: str = "mnist"
+    channels: int = field(default=0, metadata=_range(0, 3))  # own images: 1 grey, 3 RGB, 0 = as the files are
+
+
+@dataclass
 class ModelConfig:
     architecture: Literal["mlp", "dcgan"] = "dcgan"  # fully connected or convolutional networks
+    # Set from the dataset when a run starts (data.dataset), and recorded with the run:
+    channels: int = field(default=1, metadata=_range(1, 3))  # image channels: 1 grey, 3 colour
+    num_classes: int = field(default=10, metadata=_range(1, 100_000))  # classes a conditional model is given
     latent_dim: int = field(default=100, metadata=_range(1, 4096))  # size of the noise vector z
     latent_distribution: Literal["normal", "uniform"] = "normal"  # z ~ N(0, I) or U(-1, 1)
     conditional: bool = False  # generate a requested digit: labels feed both networks
@@ -134,6 +146,7 @@ class Config:
 
     preset: str = ""  # the preset this config started from
     description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -241,6 +254,8 @@ def config_from_dict(data: dict) -> Config:
 def _check_consistency(config: Config) -> None:
     """Rules that span several keys."""
     model, train = config.model, config.train
+    if model.channels not in (1, 3) or config.data.channels not in (0, 1, 3):
+        raise UserError("model.channels and data.channels are 1 (grey) or 3 (colour); data.channels 0 keeps the files' own")
     if model.architecture == "dcgan":
         if len(model.generator_strides) != len(model.generator_widths):
             raise UserError(

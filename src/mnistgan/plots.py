@@ -13,19 +13,19 @@ from .files import write_atomically
 
 
 def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
-    """(N, 1, 28, 28) in [-1, 1] -> one greyscale PIL image, ``columns`` per row (default square)."""
+    """(N, C, 28, 28) in [-1, 1] -> one PIL image (grey for C = 1, RGB for C = 3), ``columns`` per row (default square)."""
     images = images.detach().float().cpu().clamp(-1, 1)
-    count = images.shape[0]
+    count, channels = images.shape[0], images.shape[1]
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     height, width = images.shape[-2:]
-    canvas = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding), dtype=np.uint8)
-    pixels = ((images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    canvas = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, channels), dtype=np.uint8)
+    pixels = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
     for index in range(count):
         row, column = divmod(index, columns)
         top, left = padding + row * (height + padding), padding + column * (width + padding)
         canvas[top : top + height, left : left + width] = pixels[index]
-    picture = Image.fromarray(canvas, mode="L")
+    picture = Image.fromarray(canvas[:, :, 0], mode="L") if channels == 1 else Image.fromarray(canvas, mode="RGB")
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     return picture
@@ -86,15 +86,16 @@ def _per_epoch(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> tup
 
 def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") -> None:
     """Quality over training: FD (log scale) and precision/recall/density/coverage (and conditional
-    accuracy, when there) per evaluated epoch."""
+    accuracy, when there) per evaluated epoch; for Stacked MNIST the reverse KL and the modes covered."""
     plt = _figure()
     figure, (fd_axis, pr_axis) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     epochs = metrics["epoch"]
-    fd_axis.plot(epochs, metrics["fd"], marker="o", color="tab:purple")
+    lower = "fd" if "fd" in metrics else "reverse_kl"
+    fd_axis.plot(epochs, metrics[lower], marker="o", color="tab:purple")
     fd_axis.set_yscale("log")
-    fd_axis.set_ylabel("Fréchet distance (lower is better)")
+    fd_axis.set_ylabel("Fréchet distance (lower is better)" if lower == "fd" else "reverse KL, nats (lower is better)")
     fd_axis.grid(alpha=0.3, which="both")
-    for name in ("precision", "recall", "density", "coverage", "conditional_accuracy"):
+    for name in ("precision", "recall", "density", "coverage", "conditional_accuracy", "modes_covered"):
         if name in metrics:
             pr_axis.plot(epochs, metrics[name], marker=".", label=name)
     pr_axis.set_xlabel("epoch")

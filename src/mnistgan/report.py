@@ -88,6 +88,7 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
     model, loss, optim, train = config.model, config.loss, config.optim, config.train
     epochs_done = int(losses["epoch"].max()) if "epoch" in losses else 0
     rows = [
+        ("dataset", config.data.dataset),
         ("epochs", f"{epochs_done} of {train.epochs}"),
         ("networks", f"{model.architecture}, G widths {model.generator_widths}, D widths {model.discriminator_widths}, "
                      f"{model.latent_dim}-d {model.latent_distribution} noise" + (", class-conditional" if model.conditional else "")),

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from .config import Config, ModelConfig
-from .data import IMAGE_SIZE, NUM_CLASSES
+from .data import IMAGE_SIZE
 
 GRID_SIZE = 16  # fixed-noise samples in an unconditional run's 4x4 grid
 CONDITIONAL_GRID_COLUMNS = 8  # a conditional run's grid: one row per class, this many columns
+GRID_ROWS = 10  # at most this many classes get a row (evenly spread over more, e.g. Stacked MNIST's 1000)
 
 
 def sample_latent(model: ModelConfig, n: int, device: torch.device | str = "cpu",
@@ -34,14 +35,22 @@ def draw_inputs(model: ModelConfig, n: int, device: torch.device | str = "cpu",
     """
     source = "cpu" if generator is not None else device
     z = sample_latent(model, n, source, generator)
-    labels = torch.randint(0, NUM_CLASSES, (n,), device=source, generator=generator) if model.conditional else None
+    labels = torch.randint(0, model.num_classes, (n,), device=source, generator=generator) if model.conditional else None
     return z.to(device), (None if labels is None else labels.to(device))
 
 
+def grid_classes(model: ModelConfig) -> torch.Tensor:
+    """The classes a conditional grid shows, one per row: all of them, or ``GRID_ROWS`` spread evenly."""
+    if model.num_classes <= GRID_ROWS:
+        return torch.arange(model.num_classes)
+    return torch.linspace(0, model.num_classes - 1, GRID_ROWS).round().long()
+
+
 def class_rows_inputs(model: ModelConfig, per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One row per class, ``per_class`` columns, the same noise down each column: (10 * per_class) inputs."""
-    z = sample_latent(model, per_class, "cpu", generator).repeat(NUM_CLASSES, 1)
-    return z, torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    """One row per class (``grid_classes``), ``per_class`` columns, the same noise down each column."""
+    classes = grid_classes(model)
+    z = sample_latent(model, per_class, "cpu", generator).repeat(len(classes), 1)
+    return z, classes.repeat_interleave(per_class)
 
 
 def fixed_inputs(config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

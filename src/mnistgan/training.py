@@ -21,11 +21,13 @@ import torch
 from . import losses
 from .checkpoint import NonFiniteError, load_checkpoint, load_weights, save_checkpoint, save_generator
 from .config import Config, stored_config_from_dict
-from .data import load_mnist
+from .datasets import Dataset, load_dataset
 from .devices import choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
 from .metrics import evaluate_images
+from .metrics.evaluator import load_evaluator
+from .metrics.modes import evaluate_stacked
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
@@ -220,6 +222,20 @@ def _last_checkpoint_words(paths: RunPaths) -> str:
     return "and no checkpoint was written before it"
 
 
+def require_fit(config: Config, dataset: Dataset) -> None:
+    """The networks the config describes fit the dataset's images and classes (own images may have changed)."""
+    model = config.model
+    if model.channels != dataset.channels:
+        raise UserError(f"{dataset.name} has {dataset.channels}-channel images but the run's networks take "
+                        f"{model.channels} (model.channels); keep the dataset as it was, or start a new run")
+    if model.conditional and dataset.labels is None:
+        raise UserError(f"{dataset.name} has no labels (no class subfolders), so a conditional model cannot train on it; "
+                        f"train without {option('conditional')}, or sort the images into one subfolder per class")
+    if model.conditional and dataset.num_classes != model.num_classes:
+        raise UserError(f"{dataset.name} has {dataset.num_classes} classes but the run's networks take "
+                        f"{model.num_classes} (model.num_classes); keep the dataset as it was, or start a new run")
+
+
 def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
@@ -243,7 +259,9 @@ class TrainingData:
     @classmethod
     def load(cls, config: Config, distributed: Distributed, device: torch.device, data_dir) -> "TrainingData":
         schedule = config.train
-        split = load_mnist("train", data_dir)
+        dataset = load_dataset(config.data.dataset, "train", data_dir, config.data.channels)
+        require_fit(config, dataset)
+        split = dataset.split()
         if schedule.subset > len(split):
             raise UserError(f"train.subset = {schedule.subset} exceeds the {len(split)} training images")
         count = schedule.subset or len(split)
@@ -374,6 +392,9 @@ class RunOutputs:
         self.has_ema = parts.ema is not None
         self.fixed_noise, self.fixed_labels = fixed_inputs(config, device)
         self.title = f"{config.preset or 'custom config'}: {paths.root.name}"
+        self.stacked = config.data.dataset == "stacked-mnist"
+        if config.train.eval_every and not self.stacked:
+            load_evaluator(device, dataset=config.data.dataset)  # none for this dataset: say so now, not epochs later
 
     def end_of_epoch(self, epoch: int, epoch_stats: torch.Tensor, seconds: float, images_per_second: float,
                      state: TrainingState, say, breakdown: str | None = None, stopping: bool = False) -> None:
@@ -423,19 +444,25 @@ class RunOutputs:
             refresh_batchnorm_statistics(self.sampler, self.config, self.device)
 
     def _evaluate(self, epoch: int) -> float:
-        """Score ``train.eval_samples`` samples (own RNG, so training's RNG stream is untouched); append to metrics.csv."""
+        """Score ``train.eval_samples`` samples (own RNG, so training's RNG stream is untouched); append to
+        metrics.csv; return the number to minimise (FD; the reverse KL of Stacked MNIST's modes)."""
         config = self.config
         generator = torch.Generator().manual_seed(config.train.seed + 1)
         z, labels = draw_inputs(config.model, config.train.eval_samples, self.device, generator)
         samples = generate(self.sampler, z, labels)
-        result = evaluate_images(samples, device=self.device, labels=None if labels is None else labels.cpu())
-        columns = ("epoch", "fd", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score")
-        if labels is not None:  # does asking for a 7 give a 7, as training goes
-            columns += ("conditional_accuracy",)
+        if self.stacked:
+            result = evaluate_stacked(samples, device=self.device)
+            columns = ("epoch", "modes_covered", "reverse_kl", "channel_confidence")
+        else:
+            result = evaluate_images(samples, device=self.device, labels=None if labels is None else labels.cpu(),
+                                     dataset=config.data.dataset)
+            columns = ("epoch", "fd", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score")
+            if labels is not None:  # does asking for a 7 give a 7, as training goes
+                columns += ("conditional_accuracy",)
         row = [epoch] + [f"{result[key]:.6g}" if isinstance(result[key], float) else result[key] for key in columns[1:]]
         append_csv(self.paths.metrics_csv, columns, [row])
         plot_metrics(read_csv_columns(self.paths.metrics_csv), self.paths.metric_curves, title=self.title)
-        return float(result["fd"])
+        return float(result["reverse_kl" if self.stacked else "fd"])
 
 
 def loss_rows(epoch_stats: torch.Tensor, epoch: int, log_every: int) -> list[list]:

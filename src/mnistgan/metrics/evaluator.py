@@ -28,7 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..data import NUM_CLASSES, load_mnist, to_unit_range
+from ..data import NUM_CLASSES, Split, to_unit_range
+from ..datasets import load_dataset, user_evaluator_path
 from ..devices import resolve_device
 from ..errors import UserError
 from ..files import write_bytes_atomically
@@ -37,6 +38,10 @@ WEIGHTS_PATH = Path(__file__).with_name("evaluator.safetensors")
 # SHA-256 of the shipped weights file, written by `mnistgan train-evaluator` with the
 # recipe below (torch 2.13 CPU, 2 threads): 99.61% accuracy on the 10,000 test images (docs/metrics.md).
 WEIGHTS_SHA256 = "7a95ae17ff3eba647b38663f13526d64a17a41f07f01c2ff12083f22d725a929"
+# The evaluators that ship, by dataset: the weights file and its SHA-256, checked at every load.
+SHIPPED = {
+    "mnist": (WEIGHTS_PATH, WEIGHTS_SHA256),
+}
 FEATURE_DIM = 128  # width of the penultimate layer the distance metrics compare
 
 # The training recipe. Changing any value (or the Evaluator network) changes the weights: retrain
@@ -60,15 +65,15 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class Evaluator(nn.Module):
-    """Conv-BN-ReLU blocks with pooling, a 128-d feature layer, dropout, a 10-way linear head.
+    """Conv-BN-ReLU blocks with pooling, a 128-d feature layer, dropout, a linear head over the classes.
 
-    Input: images as float (N, 1, 28, 28) in [-1, 1], the range generators produce.
+    Input: images as float (N, C, 28, 28) in [-1, 1], the range generators produce.
     """
 
-    def __init__(self, dropout: float = DROPOUT):
+    def __init__(self, dropout: float = DROPOUT, in_channels: int = 1, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.trunk = nn.Sequential(
-            conv_block(1, 32),  # (N, 32, 28, 28)
+            conv_block(in_channels, 32),  # (N, 32, 28, 28)
             nn.MaxPool2d(2),  # (N, 32, 14, 14)
             conv_block(32, 64),
             conv_block(64, 64),  # (N, 64, 14, 14)
@@ -79,14 +84,18 @@ class Evaluator(nn.Module):
             nn.ReLU(inplace=True),  # (N, 128): the features
         )
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.trunk[0][0].in_channels
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) in [-1, 1] -> (N, 128) penultimate activations."""
+        """(N, C, 28, 28) in [-1, 1] -> (N, 128) penultimate activations."""
         return self.trunk(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) in [-1, 1] -> (N, 10) logits."""
+        """(N, C, 28, 28) in [-1, 1] -> (N, classes) logits."""
         return self.head(self.dropout(self.features(images)))
 
 
@@ -105,7 +114,7 @@ def features_and_probabilities(
         features.append(batch_features.float().cpu())
         probabilities.append(model.head(batch_features).float().softmax(dim=1).cpu())
     if not features:
-        return torch.empty(0, FEATURE_DIM), torch.empty(0, NUM_CLASSES)
+        return torch.empty(0, FEATURE_DIM), torch.empty(0, model.head.out_features)
     return torch.cat(features), torch.cat(probabilities)
 
 
@@ -125,21 +134,28 @@ def load_evaluator(
     device: str | torch.device = "cpu",
     path: str | os.PathLike | None = None,
     expected_sha256: str | None = WEIGHTS_SHA256,
+    dataset: str = "mnist",
 ) -> Evaluator:
-    """The evaluator with the shipped weights, in eval mode and without gradients.
+    """The evaluator of ``dataset`` (the shipped MNIST one by default), in eval mode and without gradients.
 
     ``path`` and ``expected_sha256`` exist for reproductions: load a retrained file with
-    ``expected_sha256=None`` to skip the check. The default (shipped) network is built once per
-    device and shared, so do not modify it.
+    ``expected_sha256=None`` to skip the check. A dataset that ships no evaluator uses the one
+    ``mnistgan train-evaluator --dataset NAME`` made. Each network is built once per device and
+    shared, so do not modify it.
     """
-    if path is None and expected_sha256 == WEIGHTS_SHA256:
-        return _shipped_evaluator(str(device))
-    return _load(Path(path or WEIGHTS_PATH), expected_sha256, device)
+    if path is None:
+        return _evaluator_of(dataset, str(device))
+    return _load(Path(path), expected_sha256, device)
 
 
-@functools.lru_cache(maxsize=4)
-def _shipped_evaluator(device: str) -> Evaluator:
-    return _load(WEIGHTS_PATH, WEIGHTS_SHA256, device)
+@functools.lru_cache(maxsize=8)
+def _evaluator_of(dataset: str, device: str) -> Evaluator:
+    if dataset in SHIPPED:
+        return _load(*SHIPPED[dataset], device)
+    path = user_evaluator_path(dataset)
+    if not path.is_file():
+        raise UserError(f"{dataset} has no evaluator yet; make one with `mnistgan train-evaluator --dataset {dataset}`")
+    return _load(path, None, device)
 
 
 def _load(path: Path, expected_sha256: str | None, device: str | torch.device) -> Evaluator:
@@ -156,7 +172,9 @@ def _load(path: Path, expected_sha256: str | None, device: str | torch.device) -
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise UserError(f"evaluator weights {path} cannot be read ({error}); restore the file") from None
-    model = Evaluator()
+    if "trunk.0.0.weight" not in state or "head.weight" not in state:
+        raise UserError(f"evaluator weights {path} do not fit the evaluator network; restore the file")
+    model = Evaluator(in_channels=state["trunk.0.0.weight"].shape[1], num_classes=state["head.weight"].shape[0])
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -175,12 +193,13 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     Batched: pad every image once, then gather a 28x28 window at a per-image offset.
     """
     n, _, height, width = images.shape
-    padded = F.pad(images, (max_shift,) * 4, value=-1.0)  # (N, 1, 28+2s, 28+2s); -1 is the black background
+    padded = F.pad(images, (max_shift,) * 4, value=-1.0)  # (N, C, 28+2s, 28+2s); -1 is the black background
     offsets = torch.randint(0, 2 * max_shift + 1, (2, n, 1), generator=generator).to(images.device)  # (2, N, 1)
     rows = offsets[0] + torch.arange(height, device=images.device)  # (N, 28)
     columns = offsets[1] + torch.arange(width, device=images.device)  # (N, 28)
     batch_index = torch.arange(n, device=images.device)[:, None, None]
-    return padded[batch_index, 0, rows[:, :, None], columns[:, None, :]].unsqueeze(1)  # (N, 1, 28, 28)
+    windows = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], columns[:, None, :]]  # (N, 28, 28, C)
+    return windows.permute(0, 3, 1, 2).contiguous()  # (N, C, 28, 28)
 
 
 def learning_rate(step: int, total_steps: int) -> float:
@@ -214,12 +233,13 @@ def _require_writable(out_path: Path) -> None:
         raise UserError(f"cannot write {out_path} ({error.strerror}); choose another output path") from None
 
 
-def _fit(train_images: torch.Tensor, train_labels: torch.Tensor, seed: int, epochs: int, device: torch.device, log) -> Evaluator:
+def _fit(train_images: torch.Tensor, train_labels: torch.Tensor, seed: int, epochs: int, device: torch.device, log,
+         num_classes: int = NUM_CLASSES) -> Evaluator:
     """The recipe's training loop, on a private RNG stream (the caller's global torch RNG state is left as it was)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # initialisation and dropout
         generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation, drawn on CPU
-        model = Evaluator().to(device)
+        model = Evaluator(in_channels=train_images.shape[1], num_classes=num_classes).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         total_steps = epochs * math.ceil(len(train_images) / BATCH_SIZE)
         step = 0
@@ -260,11 +280,13 @@ def train_evaluator(
     data_dir: str | os.PathLike | None = None,
     limit: int | None = None,  # use only the first `limit` training and test images (smoke tests)
     log=print,  # called with one status line per epoch; None for silence
+    dataset: str = "mnist",  # any labelled dataset (datasets.NAMES)
 ) -> dict:
-    """Train the evaluator with the recipe above, write its weights to ``out_path``, report on them.
+    """Train the evaluator of ``dataset`` with the recipe above, write its weights to ``out_path``, report on them.
 
-    Returns ``accuracy`` (on the 10,000 test images), ``seconds``, ``seed``, ``epochs``, ``sha256``
-    of the written file, ``path`` and ``matches_shipped`` (whether the bytes equal the shipped file).
+    Returns ``accuracy`` (on the test images: the dataset's test split, or every tenth of your own
+    images, held out), ``seconds``, ``seed``, ``epochs``, ``sha256`` of the written file, ``path``
+    and ``matches_shipped`` (whether the bytes equal the shipped file of that dataset).
     """
     if epochs < 1:
         raise UserError(f"epochs must be at least 1, got {epochs}")
@@ -273,14 +295,14 @@ def train_evaluator(
     if out_path.suffix != ".safetensors":
         raise UserError(f"the evaluator's weights are a safetensors file: {out_path} must end in .safetensors")
     _require_writable(out_path)  # before training, not after: a bad --out should not cost ten minutes
-    train, test = load_mnist("train", data_dir), load_mnist("test", data_dir)
-    train_images = to_unit_range(train.images[:limit]).to(device)  # (60000, 1, 28, 28) in [-1, 1]
+    train, test, class_names = evaluator_splits(dataset, data_dir)
+    train_images = to_unit_range(train.images[:limit]).to(device)  # (60000, C, 28, 28) in [-1, 1]
     train_labels = train.labels[:limit].to(device)
     test_images = to_unit_range(test.images[:limit]).to(device)
     test_labels = test.labels[:limit].to(device)
 
     started = time.perf_counter()
-    model = _fit(train_images, train_labels, seed, epochs, device, log)
+    model = _fit(train_images, train_labels, seed, epochs, device, log, len(class_names))
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(model, test_images, test_labels)
 
@@ -289,6 +311,8 @@ def train_evaluator(
     # the same recipe on the same machine writes byte-identical files.
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     recipe = {"seed": seed, "epochs": epochs, "test_accuracy": round(test_accuracy, 4)}
+    if dataset != "mnist":  # the shipped MNIST file predates these keys; its bytes stay reproducible
+        recipe.update(dataset=dataset, class_names=list(class_names))
 
     serialised = safetensors_bytes(state, metadata={"mnistgan_evaluator": json.dumps(recipe, sort_keys=True)})
     try:
@@ -303,5 +327,18 @@ def train_evaluator(
         "epochs": epochs,
         "sha256": sha256,
         "path": str(out_path),
-        "matches_shipped": sha256 == WEIGHTS_SHA256,
+        "matches_shipped": dataset in SHIPPED and sha256 == SHIPPED[dataset][1],
     }
+
+
+def evaluator_splits(dataset: str, data_dir=None) -> tuple[Split, Split, tuple[str, ...]]:
+    """The images an evaluator of ``dataset`` learns from and is tested on, and its class names."""
+    train = load_dataset(dataset, "train", data_dir)
+    if train.labels is None or train.num_classes < 2:
+        raise UserError(f"{dataset} has no labels (no class subfolders): an evaluator learns to tell classes apart; "
+                        "sort the images into one subfolder per class")
+    if dataset.startswith("folder:"):  # one set of images: every tenth is held out for the test
+        held_out = torch.arange(len(train)) % 10 == 0
+        return (Split(train.images[~held_out], train.labels[~held_out]), Split(train.images[held_out], train.labels[held_out]),
+                train.class_names)
+    return train.split(), load_dataset(dataset, "test", data_dir).split(), train.class_names

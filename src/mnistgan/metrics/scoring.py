@@ -15,11 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..data import IMAGE_SIZE, NUM_CLASSES, cache_dir, load_mnist, to_unit_range
+from ..data import IMAGE_SIZE, cache_dir, to_unit_range
 from ..errors import UserError
 from ..files import write_bytes_atomically
 from . import distances
-from .evaluator import FEATURE_DIM, WEIGHTS_SHA256, features_and_probabilities, load_evaluator
+from .evaluator import FEATURE_DIM, SHIPPED, evaluator_splits, features_and_probabilities, load_evaluator
 
 REFERENCE_SIZE = 10_000  # images in a reference set: all of MNIST test, or the first 10,000 of train
 REFERENCES = ("test", "train")  # the MNIST split a reference set is taken from
@@ -119,6 +119,10 @@ METRIC_KEYS: dict[str, MetricKey] = {
                                     f"share of samples with top-class probability >= {distances.CONFIDENT_PROBABILITY}"),
     "conditional_accuracy": MetricKey("conditional accuracy", "higher",
                                       "conditional generators: share of samples classified as the class asked for"),
+    # Stacked MNIST (metrics.modes): each channel classified by the MNIST evaluator
+    "modes_covered": MetricKey("modes covered (of 1000)", "higher", "digit triples drawn at least once"),
+    "reverse_kl": MetricKey("reverse KL to uniform (nats)", "lower", "KL(generated triples || uniform over the 1000)"),
+    "channel_confidence": MetricKey("channel confidence", "higher", "mean top-class probability over the three channels"),
     "class_histogram": MetricKey(None, "-", "share of samples classified as each digit 0..9"),
     "n": MetricKey(None, "-", "number of samples evaluated"),
 }
@@ -136,23 +140,26 @@ def evaluate_images(
     data_dir: str | os.PathLike | None = None,
     metrics: list[str] | None = None,
     labels: torch.Tensor | None = None,
+    dataset: str = "mnist",
 ) -> dict:
-    """Score samples (float (N, 1, 28, 28) in [-1, 1]) against a real reference set.
+    """Score samples (float (N, C, 28, 28) in [-1, 1]) against a real reference set of ``dataset``,
+    through that dataset's evaluator.
 
-    ``reference``: ``"test"`` (the 10,000 MNIST test images) or ``"train"`` (the first 10,000
+    ``reference``: ``"test"`` (the 10,000 test images) or ``"train"`` (the first 10,000
     training images). ``metrics``: names from ``METRICS`` to run (default: all). Returns a dict
     of the keys in ``METRIC_KEYS`` (those of the metrics run) and ``n``; with ``labels`` (the
-    digits a conditional generator was asked for) also ``conditional_accuracy``, from the same
+    classes a conditional generator was asked for) also ``conditional_accuracy``, from the same
     evaluator pass.
     """
-    check_images(images)
+    evaluator = load_evaluator(device, dataset=dataset)
+    check_images(images, channels=evaluator.in_channels)
     names = _check_metric_names(metrics)
     if reference not in REFERENCES:
         raise UserError(f"unknown reference {reference!r}; use one of {', '.join(REFERENCES)}")
     if labels is not None:
-        _check_labels(labels, len(images))
-    fake = activations_of(images, batch_size, device)
-    real = reference_activations(reference, REFERENCE_SIZE, batch_size, device, data_dir)
+        _check_labels(labels, len(images), evaluator.head.out_features)
+    fake = activations_of(images, batch_size, device, dataset)
+    real = reference_activations(reference, REFERENCE_SIZE, batch_size, device, data_dir, dataset)
     result = score(fake, real, names)
     if labels is not None:
         result["conditional_accuracy"] = _accuracy(fake.probabilities, labels)
@@ -164,43 +171,48 @@ def evaluate_real(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
     data_dir: str | os.PathLike | None = None,
+    dataset: str = "mnist",
 ) -> dict:
-    """The real-data floor: the first ``n`` MNIST training images scored like samples, against the test set."""
-    if not MIN_IMAGES <= n <= 60_000:
-        raise UserError(f"n must be between {MIN_IMAGES} and 60000 (training images), got {n}")
-    fake = reference_activations("train", n, batch_size, device, data_dir)
-    real = reference_activations("test", REFERENCE_SIZE, batch_size, device, data_dir)
+    """The real-data floor: the first ``n`` training images of ``dataset`` scored like samples, against its test set."""
+    available = len(evaluator_splits(dataset, data_dir)[0])
+    if not MIN_IMAGES <= n <= available:
+        raise UserError(f"n must be between {MIN_IMAGES} and {available} (training images), got {n}")
+    fake = reference_activations("train", n, batch_size, device, data_dir, dataset)
+    real = reference_activations("test", REFERENCE_SIZE, batch_size, device, data_dir, dataset)
     return score(fake, real, list(METRICS))
 
 
 @torch.inference_mode()
 def conditional_accuracy(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu",
+    dataset: str = "mnist",
 ) -> float:
-    """Share of samples the evaluator classifies as the digit they were generated for.
+    """Share of samples the evaluator classifies as the class they were generated for.
 
-    ``images``: float (N, 1, 28, 28) in [-1, 1]; ``labels``: integer (N,), the requested digits.
+    ``images``: float (N, C, 28, 28) in [-1, 1]; ``labels``: integer (N,), the requested classes.
     """
-    check_images(images, min_images=1)
-    _check_labels(labels, len(images))
-    _, probabilities = features_and_probabilities(load_evaluator(device), images, batch_size, device)
+    evaluator = load_evaluator(device, dataset=dataset)
+    check_images(images, min_images=1, channels=evaluator.in_channels)
+    _check_labels(labels, len(images), evaluator.head.out_features)
+    _, probabilities = features_and_probabilities(evaluator, images, batch_size, device)
     return _accuracy(probabilities, labels)
 
 
-def _check_labels(labels: torch.Tensor, count: int) -> None:
+def _check_labels(labels: torch.Tensor, count: int, classes: int) -> None:
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (count,):
         raise UserError(f"labels must be integers of shape ({count},), got {labels.dtype} {tuple(labels.shape)}")
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise UserError(f"labels must be digits 0..9, found {int(labels.min())}..{int(labels.max())}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise UserError(f"labels must be classes 0..{classes - 1}, found {int(labels.min())}..{int(labels.max())}")
 
 
 def _accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
     return (probabilities.argmax(dim=1) == labels.cpu()).double().mean().item()
 
 
-def activations_of(images: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu") -> Activations:
-    """What the shipped evaluator sees in float (N, 1, 28, 28) images in [-1, 1]."""
-    return Activations(*features_and_probabilities(load_evaluator(device), images, batch_size, device))
+def activations_of(images: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu",
+                   dataset: str = "mnist") -> Activations:
+    """What ``dataset``'s evaluator sees in float (N, C, 28, 28) images in [-1, 1]."""
+    return Activations(*features_and_probabilities(load_evaluator(device, dataset=dataset), images, batch_size, device))
 
 
 def as_reference(activations: Activations) -> Reference:
@@ -218,12 +230,12 @@ def score(fake: Activations, real: Reference, names: list[str] | None = None) ->
     return result
 
 
-def check_images(images: torch.Tensor, min_images: int = MIN_IMAGES) -> None:
-    """Raise a UserError unless ``images`` is a float (N, 1, 28, 28) tensor in [-1, 1] with N >= min_images."""
-    expected = (1, IMAGE_SIZE, IMAGE_SIZE)
+def check_images(images: torch.Tensor, min_images: int = MIN_IMAGES, channels: int = 1) -> None:
+    """Raise a UserError unless ``images`` is a float (N, C, 28, 28) tensor in [-1, 1] with N >= min_images."""
+    expected = (channels, IMAGE_SIZE, IMAGE_SIZE)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
         shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
-        raise UserError(f"images must be a tensor of shape (N, 1, 28, 28), got {shape}")
+        raise UserError(f"images must be a tensor of shape (N, {channels}, 28, 28), got {shape}")
     if not images.dtype.is_floating_point:
         raise UserError(f"images must be float in [-1, 1], got dtype {images.dtype}; convert with mnistgan.data.to_unit_range")
     if len(images) < min_images:
@@ -253,11 +265,15 @@ def reference_dir() -> Path:
     return cache_dir().parent / "reference"
 
 
-def reference_path(split: str, n: int) -> Path:
-    return reference_dir() / f"{split}-first{n}-evaluator-{WEIGHTS_SHA256[:16]}.safetensors"
+def reference_path(split: str, n: int, dataset: str = "mnist") -> Path | None:
+    """The cache file of a shipped evaluator's reference statistics (None: not cached on disk)."""
+    if dataset not in SHIPPED:  # your own images may change under the same name: kept in memory only
+        return None
+    prefix = "" if dataset == "mnist" else f"{dataset}-"
+    return reference_dir() / f"{prefix}{split}-first{n}-evaluator-{SHIPPED[dataset][1][:16]}.safetensors"
 
 
-_in_memory: dict[tuple[str, int], Reference] = {}  # each reference loaded once per process
+_in_memory: dict[tuple[str, str, int], Reference] = {}  # each reference loaded once per process
 
 
 def reference_activations(
@@ -266,35 +282,39 @@ def reference_activations(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
     data_dir: str | os.PathLike | None = None,
+    dataset: str = "mnist",
 ) -> Reference:
-    """Features, probabilities and k-NN radii of the first ``n`` images of an MNIST split.
+    """Features, probabilities and k-NN radii of the first ``n`` images of a split of ``dataset``.
 
     Read from the cache if there, else computed and written to it (atomically: a crash leaves no
     half-written file). The cache is a pure speed-up: it is rebuilt whenever it is missing,
     unreadable or incomplete, and a cache folder that cannot be written only costs a warning.
     The MNIST files are checksummed on loading, so the statistics depend on the weights alone.
     """
-    key = (split, n)
+    key = (dataset, split, n)
     if key in _in_memory:
         return _in_memory[key]
-    path = reference_path(split, n)
-    stored = _read_reference(path, n, (distances.PRECISION_RECALL_K, distances.DENSITY_COVERAGE_K))
+    path = reference_path(split, n, dataset)
+    classes = load_evaluator(device, dataset=dataset).head.out_features
+    stored = _read_reference(path, n, classes, (distances.PRECISION_RECALL_K, distances.DENSITY_COVERAGE_K)) if path else None
     if stored is None:
-        images = to_unit_range(load_mnist(split, data_dir).images[:n])
-        stored = as_reference(activations_of(images, batch_size, device))
-        _write_reference(path, stored)
+        train, test, _ = evaluator_splits(dataset, data_dir)
+        images = to_unit_range((train if split == "train" else test).images[:n])
+        stored = as_reference(activations_of(images, batch_size, device, dataset))
+        if path is not None:
+            _write_reference(path, stored)
     _in_memory[key] = stored
     return stored
 
 
-def _read_reference(path: Path, n: int, ks: tuple[int, ...]) -> Reference | None:
+def _read_reference(path: Path, n: int, classes: int, ks: tuple[int, ...]) -> Reference | None:
     if not path.is_file():
         return None
     try:
         tensors = load_file(str(path))  # safetensors: plain arrays, nothing is unpickled
     except (SafetensorError, OSError):
         return None
-    expected = {"features": (n, FEATURE_DIM), "probabilities": (n, NUM_CLASSES), **{f"radii_k{k}": (n,) for k in ks}}
+    expected = {"features": (n, FEATURE_DIM), "probabilities": (n, classes), **{f"radii_k{k}": (n,) for k in ks}}
     if any(name not in tensors or tuple(tensors[name].shape) != shape for name, shape in expected.items()):
         return None
     return Reference(tensors["features"], tensors["probabilities"], {k: tensors[f"radii_k{k}"] for k in ks})

@@ -7,7 +7,6 @@ discriminator maps ``(images, labels)`` to one raw score (a logit) per image, sh
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig

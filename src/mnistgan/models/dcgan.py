@@ -7,7 +7,6 @@ import math
 import torch
 from torch import nn
 
-from ..data import NUM_CLASSES
 from .layers import LabelInput, hidden_block
 
 
@@ -18,7 +17,7 @@ def same_transposed_padding(kernel: int, stride: int) -> tuple[int, int]:
 
 
 class DCGANGenerator(nn.Module):
-    """z [+ label embedding] -> Dense -> BN -> LeakyReLU -> (C0, S, S) -> transposed convs -> tanh (N, 1, 28, 28).
+    """z [+ label embedding] -> Dense -> BN -> LeakyReLU -> (C0, S, S) -> transposed convs -> tanh (N, C, 28, 28).
 
     ``feature_order`` says how the projection's features map to (channel, row, column): "hwc"
     (Keras' Reshape, channels-last: no layout copy before the first conv) or "chw".
@@ -29,7 +28,7 @@ class DCGANGenerator(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.label_input = LabelInput(config.embedding_dim) if config.conditional else None
+        self.label_input = LabelInput(config.num_classes, config.embedding_dim) if config.conditional else None
         in_features = config.latent_dim + (config.embedding_dim if config.conditional else 0)
         widths, strides, kernel = config.generator_widths, config.generator_strides, config.kernel_size
         self.start_size = 28 // math.prod(strides)
@@ -47,7 +46,7 @@ class DCGANGenerator(nn.Module):
             conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride, padding, output_padding, bias=config.generator_bias)
             layers += hidden_block(conv, out_channels, config.generator_batchnorm, 2, config, config.generator_dropout)
         padding, output_padding = same_transposed_padding(kernel, strides[-1])
-        layers += [nn.ConvTranspose2d(widths[-1], 1, kernel, strides[-1], padding, output_padding, bias=config.output_bias), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(widths[-1], config.channels, kernel, strides[-1], padding, output_padding, bias=config.output_bias), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,7 +63,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """(N, 1, 28, 28) -> stride-2 convs with LeakyReLU and Dropout -> flatten -> 1 logit per image.
+    """(N, C, 28, 28) -> stride-2 convs with LeakyReLU and Dropout -> flatten -> 1 logit per image.
 
     The flatten follows ``feature_order`` as the generator's projection does.
 
@@ -76,7 +75,7 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         kernel, padding = config.kernel_size, (config.kernel_size - 1) // 2
         layers: list[nn.Module] = []
-        in_channels, size = 1, 28
+        in_channels, size = config.channels, 28
         for index, out_channels in enumerate(config.discriminator_widths):
             conv = nn.Conv2d(in_channels, out_channels, kernel, 2, padding)
             batchnorm = config.discriminator_batchnorm and index > 0
@@ -86,7 +85,7 @@ class DCGANDiscriminator(nn.Module):
         self.feature_order = config.feature_order
         features = in_channels * size * size
         self.head = nn.Linear(features, 1)
-        self.label_projection = nn.Embedding(NUM_CLASSES, features) if config.conditional else None
+        self.label_projection = nn.Embedding(config.num_classes, features) if config.conditional else None
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         features = self.net(images)  # (N, C, S, S)

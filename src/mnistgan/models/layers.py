@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import NUM_CLASSES
-
 
 def hidden_block(layer: nn.Module, features: int, batchnorm: bool, dims: int, config, dropout: float) -> list[nn.Module]:
     """layer -> [BatchNorm] -> LeakyReLU -> [Dropout], the unit both architectures stack."""
@@ -64,9 +62,9 @@ class Dropout(nn.Dropout):
 class LabelInput(nn.Module):
     """Concatenates a learned label embedding to a flat input: the conditional input of G and MLP D."""
 
-    def __init__(self, embedding_dim: int):
+    def __init__(self, num_classes: int, embedding_dim: int):
         super().__init__()
-        self.embedding = nn.Embedding(NUM_CLASSES, embedding_dim)
+        self.embedding = nn.Embedding(num_classes, embedding_dim)
 
     def forward(self, flat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:

@@ -7,37 +7,38 @@ from torch import nn
 
 from .layers import LabelInput, hidden_block
 
-PIXELS = 28 * 28
+SIDE = 28  # images are SIDE x SIDE with config.channels channels
 
 
 class MLPGenerator(nn.Module):
-    """z (N, latent) [+ label embedding] -> hidden widths with LeakyReLU -> 784 -> tanh -> (N, 1, 28, 28)."""
+    """z (N, latent) [+ label embedding] -> hidden widths with LeakyReLU -> 784 C -> tanh -> (N, C, 28, 28)."""
 
     def __init__(self, config):
         super().__init__()
-        self.label_input = LabelInput(config.embedding_dim) if config.conditional else None
+        self.channels = config.channels
+        self.label_input = LabelInput(config.num_classes, config.embedding_dim) if config.conditional else None
         width = config.latent_dim + (config.embedding_dim if config.conditional else 0)
         layers: list[nn.Module] = []
         for hidden in config.generator_widths:
             linear = nn.Linear(width, hidden, bias=config.generator_bias)
             layers += hidden_block(linear, hidden, config.generator_batchnorm, 1, config, config.generator_dropout)
             width = hidden
-        layers += [nn.Linear(width, PIXELS, bias=config.output_bias), nn.Tanh()]
+        layers += [nn.Linear(width, config.channels * SIDE * SIDE, bias=config.output_bias), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.label_input is not None:
             z = self.label_input(z, labels)
-        return self.net(z).view(-1, 1, 28, 28)
+        return self.net(z).view(-1, self.channels, SIDE, SIDE)
 
 
 class MLPDiscriminator(nn.Module):
-    """(N, 1, 28, 28) -> 784 [+ label embedding] -> hidden widths with LeakyReLU -> 1 logit per image."""
+    """(N, C, 28, 28) -> 784 C [+ label embedding] -> hidden widths with LeakyReLU -> 1 logit per image."""
 
     def __init__(self, config):
         super().__init__()
-        self.label_input = LabelInput(config.embedding_dim) if config.conditional else None
-        width = PIXELS + (config.embedding_dim if config.conditional else 0)
+        self.label_input = LabelInput(config.num_classes, config.embedding_dim) if config.conditional else None
+        width = config.channels * SIDE * SIDE + (config.embedding_dim if config.conditional else 0)
         layers: list[nn.Module] = []
         for index, hidden in enumerate(config.discriminator_widths):
             batchnorm = config.discriminator_batchnorm and index > 0  # never normalise the raw pixels

@@ -1,4 +1,5 @@
-"""Read samples made by any tool, for ``mnistgan evaluate --samples FILE``.
+"""Image files and arrays: samples made by any tool (``mnistgan evaluate --samples FILE``), and the
+header checks that your own images (``folder.py``) share.
 
 Accepted:
   * a ``.npy`` array of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), holding either
@@ -26,8 +27,8 @@ import torch
 from numpy.lib import format as npy_format
 from PIL import Image, UnidentifiedImageError
 
-from ..data import IMAGE_SIZE
-from ..errors import UserError
+from .data import IMAGE_SIZE
+from .errors import UserError
 
 RANGE_TOLERANCE = 1e-3  # floats may overshoot their range by this much (rounding); they are clipped
 ACCEPTED_SHAPES = "(N, 28, 28), (N, 1, 28, 28) or (N, 784)"
@@ -70,13 +71,13 @@ def load_npy(path: Path) -> torch.Tensor:
     except OSError as error:
         raise UserError(f"samples {path} cannot be read ({error.strerror or error})") from None
     except Exception as error:  # a malformed header: ValueError mostly, tokenize.TokenError, ...
-        detail = _first_line(error) if isinstance(error, ValueError) else "its header is malformed"
+        detail = first_line(error) if isinstance(error, ValueError) else "its header is malformed"
         raise UserError(f"samples {path} is not a readable .npy file ({detail})") from None
     name = str(path)
     if dtype.hasobject:  # never unpickle: a .npy can carry code
         raise UserError(f"samples {path} holds Python objects, not numbers; save a numeric array (uint8 or float)")
     _check_shape(tuple(shape), name)
-    _check_dtype(dtype, name)
+    check_dtype(dtype, name)
     promised = data_offset + math.prod(shape) * dtype.itemsize
     if file_size < promised:
         raise UserError(f"samples {path} is truncated ({file_size:,} bytes, its header promises {promised:,}); "
@@ -126,7 +127,7 @@ def available_memory() -> int | None:
     return max(0, min(known)) if known else None
 
 
-def _first_line(error: Exception, limit: int = 120) -> str:
+def first_line(error: Exception, limit: int = 120) -> str:
     lines = str(error).strip().splitlines()
     line = lines[0].strip() if lines else type(error).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -146,7 +147,7 @@ def _check_shape(shape: tuple, name: str) -> None:
         raise UserError(f"{name} holds no images (shape {shape}); evaluate at least one")
 
 
-def _check_dtype(dtype: np.dtype, name: str) -> None:
+def check_dtype(dtype: np.dtype, name: str) -> None:
     if dtype.kind not in "iuf":  # signed or unsigned integers, floats; not bool, complex, timedelta, fields, ...
         raise UserError(f"{name} has dtype {dtype}; use uint8 (0..255) or float ([-1, 1] or [0, 1])")
 
@@ -158,7 +159,7 @@ def array_to_images(array: np.ndarray, name: str = "samples") -> torch.Tensor:
     memory-mapped file costs no more than the float32 result.
     """
     _check_shape(tuple(array.shape), name)
-    _check_dtype(array.dtype, name)
+    check_dtype(array.dtype, name)
     count = array.shape[0]
 
     def chunks():
@@ -199,7 +200,7 @@ def array_to_images(array: np.ndarray, name: str = "samples") -> torch.Tensor:
     return torch.from_numpy(output)
 
 
-def _declared_png_size(file: Path) -> tuple[int, int] | None:
+def declared_png_size(file: Path) -> tuple[int, int] | None:
     """Width and height from a PNG's IHDR chunk, read without Pillow; None for anything else."""
     with open(file, "rb") as handle:
         start = handle.read(24)
@@ -224,7 +225,7 @@ def _read_png(file: Path) -> np.ndarray:
         return UserError(f"{file} is {width}x{height} pixels; every sample must be {IMAGE_SIZE}x{IMAGE_SIZE} (resize the images first)")
 
     try:
-        declared = _declared_png_size(file)
+        declared = declared_png_size(file)
         if declared is not None and declared != (IMAGE_SIZE, IMAGE_SIZE):
             raise wrong_size(*declared)
         with warnings.catch_warnings():  # Pillow warns of (or refuses) huge images in open(): ours is the one message
@@ -240,4 +241,4 @@ def _read_png(file: Path) -> np.ndarray:
                         f"every sample must be {IMAGE_SIZE}x{IMAGE_SIZE} (resize the images first)") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, zlib.error) as error:
         # truncated, damaged, not an image, or a compressed chunk Pillow will not inflate
-        raise UserError(f"{file} is not a readable PNG image ({_first_line(error)}); replace or remove it") from None
+        raise UserError(f"{file} is not a readable PNG image ({first_line(error)}); replace or remove it") from None

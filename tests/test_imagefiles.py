@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from mnistgan.errors import UserError
-from mnistgan.metrics.samples import load_samples
+from mnistgan.imagefiles import load_samples
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)  # the reference content in every form
@@ -221,7 +221,7 @@ def test_a_npy_whose_size_differs_from_its_header_is_refused(tmp_path, extra, wo
 
 
 def test_a_npy_too_large_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
-    from mnistgan.metrics import samples
+    from mnistgan import imagefiles as samples
 
     path = save(tmp_path, np.zeros((1000, 28, 28), np.uint8))
     monkeypatch.setattr(samples, "available_memory", lambda: 1_000_000)
@@ -267,7 +267,7 @@ def test_a_npy_in_format_3_is_read_and_refused_for_its_dtype(tmp_path):
 
 def test_the_range_convention_spans_blocks(tmp_path, monkeypatch):
     """Arrays are checked and converted in blocks; the sign of the minimum of the whole set still decides."""
-    from mnistgan.metrics import samples
+    from mnistgan import imagefiles as samples
 
     monkeypatch.setattr(samples, "CHUNK_IMAGES", 2)
     signed = GREY.astype(np.float32) / 255  # [0, 1] in the first blocks ...
@@ -300,7 +300,7 @@ def test_a_huge_image_of_another_format_named_png_is_one_error(tmp_path):
 
 
 def test_available_memory_is_known_here():
-    from mnistgan.metrics.samples import available_memory
+    from mnistgan.imagefiles import available_memory
 
     memory = available_memory()
     assert memory is None or (isinstance(memory, int) and memory > 0)
