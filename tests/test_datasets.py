@@ -129,3 +129,16 @@ def test_a_conditional_run_needs_labelled_images(tmp_path):
     with pytest.raises(UserError, match="no labels .*conditional"):
         mnistgan.train("vanilla-gan", overrides={**tiny_for("vanilla-gan"), "data.dataset": f"folder:{tmp_path / 'unlabelled.npy'}"},
                        conditional=True, out=tmp_path / "run")
+
+
+def test_stacked_samples_from_another_tool_are_scored_by_their_modes(tmp_path):
+    real = datasets.load_dataset("stacked-mnist", "test")
+    np.save(tmp_path / "stacks.npy", real.images[:300].numpy())
+    scores = mnistgan.evaluate_samples(tmp_path / "stacks.npy", device="cpu", dataset="stacked-mnist")
+    assert scores["n"] == 300 and scores["channel_confidence"] > 0.98
+    true_modes = len(set(real.labels[:300].tolist()))  # real stacks: their own triples, but for a misread digit or two
+    assert abs(scores["modes_covered"] - true_modes) <= 3
+    one_mode = real.images[:1].repeat(300, 1, 1, 1)
+    np.save(tmp_path / "collapsed.npy", one_mode.numpy())
+    collapsed = mnistgan.evaluate_samples(tmp_path / "collapsed.npy", device="cpu", dataset="stacked-mnist")
+    assert collapsed["modes_covered"] == 1 and abs(collapsed["reverse_kl"] - np.log(1000)) < 1e-9

@@ -22,6 +22,7 @@ from PIL import Image
 from .checkpoint import load_checkpoint, load_weights, read_generator_file
 from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
+from .data import to_unit_range
 from .datasets import check_name, load_dataset
 from .devices import resolve_device
 from .distributed import is_main_process
@@ -30,6 +31,7 @@ from .files import write_text_atomically
 from .metrics import conditional_accuracy, evaluate_images
 from .metrics import evaluate_real as evaluate_real_images
 from .metrics.modes import STACKED_SAMPLES, evaluate_stacked, stacked_floor
+from .folder import read_own_images
 from .imagefiles import load_samples
 from .models import build_generator
 from .plots import image_grid
@@ -120,8 +122,8 @@ def _resume(run_dir: str | Path, data_dir, progress, **given) -> "Run":
 
 def evaluate_samples(path: str | Path, device: str = "auto", dataset: str = "mnist") -> dict:
     """Score samples made by any tool, a .npy array or a folder of 28x28 PNGs, as samples of ``dataset``."""
-    if check_name(dataset) == "stacked-mnist":
-        return evaluate_stacked(load_samples(path, channels=3), device=resolve_device(device))
+    if check_name(dataset) == "stacked-mnist":  # colour: read as images are (a .npy, or a folder of PNGs), 8 bits a channel
+        return evaluate_stacked(to_unit_range(read_own_images(Path(path), channels=3).images), device=resolve_device(device))
     return evaluate_images(load_samples(path), device=resolve_device(device), dataset=dataset)
 
 

@@ -41,6 +41,10 @@ WEIGHTS_SHA256 = "7a95ae17ff3eba647b38663f13526d64a17a41f07f01c2ff12083f22d725a9
 # The evaluators that ship, by dataset: the weights file and its SHA-256, checked at every load.
 SHIPPED = {
     "mnist": (WEIGHTS_PATH, WEIGHTS_SHA256),
+    # `mnistgan train-evaluator --dataset fashion-mnist` with the recipe below (torch 2.13 CPU, 2 threads):
+    # 93.41% accuracy on the 10,000 Fashion-MNIST test images (docs/metrics.md).
+    "fashion-mnist": (WEIGHTS_PATH.with_name("evaluator-fashion-mnist.safetensors"),
+                      "85dd3ad7af32c01f6de3f1e46f7863f8c9b30dd21d04fcf5ab0c5c8dbb08bf40"),
 }
 FEATURE_DIM = 128  # width of the penultimate layer the distance metrics compare
 
