@@ -106,3 +106,25 @@ def test_breakdown_names_exploded_losses_and_a_saturated_d():
     # Unbounded scores mean nothing as probabilities: a large raw score is not saturation.
     assert losses.breakdown("wasserstein-gp", -5.0, 3.0, 5000.0, -5000.0) is None
     assert losses.breakdown("minimax", 0.02, -0.001, 0.995, 0.01) is None  # close to, not past, the line
+
+
+def test_relativistic_losses_by_hand():
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
+    d_expected = mean([softplus(f - r) for r, f in zip(real.tolist(), fake.tolist())])  # -log sigmoid(D(x) - D(G(z)))
+    g_expected = mean([softplus(r - f) for r, f in zip(real.tolist(), fake.tolist())])
+    assert losses.discriminator_loss("relativistic", real, fake).item() == pytest.approx(d_expected, rel=1e-6)
+    assert losses.generator_loss("relativistic", fake, real).item() == pytest.approx(g_expected, rel=1e-6)
+    # Equal scores: the pair is a coin toss, ln 2 for both sides.
+    same = torch.zeros(3)
+    assert losses.discriminator_loss("relativistic", same, same).item() == pytest.approx(math.log(2), rel=1e-6)
+    with pytest.raises(ValueError, match="real"):
+        losses.generator_loss("relativistic", fake)
+
+
+def test_r2_penalty_of_a_linear_critic_is_taken_at_the_fakes():
+    weight = torch.full((784,), 2.0 / 28)  # ||w||^2 = 4
+    fake = torch.randn(4, 1, 28, 28, requires_grad=True)
+    assert losses.r2_penalty(Linear(weight)(fake), fake).item() == pytest.approx(4.0, rel=1e-5)
+    quadratic = (fake.flatten(1) ** 2).sum(1)  # gradient 2x: E||2x||^2 = 4 E||x||^2
+    expected = 4 * fake.detach().flatten(1).pow(2).sum(1).mean().item()
+    assert losses.r2_penalty(quadratic, fake).item() == pytest.approx(expected, rel=1e-5)

@@ -525,3 +525,15 @@ def test_random_kills_never_corrupt_a_run_and_it_resumes_to_the_uninterrupted_re
     assert kills == 6 and process.returncode == 0
     assert_bitwise_equal(weights_of(straight), weights_of(run))
     assert (straight / "losses.csv").read_text() == (run / "losses.csv").read_text()
+
+
+def test_the_relativistic_loss_with_r1_and_r2_trains_and_resumes_exactly(tmp_path):
+    settings = {**TINY_MLP, "train.epochs": 2, "loss.adversarial": "relativistic", "loss.r1_gamma": 1.0, "loss.r2_gamma": 1.0,
+                "optim.beta1": 0.0}
+    straight = mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "straight")
+    # The G update reads a fresh real batch: 256 images / (32 x 2 batches) = 4 steps an epoch.
+    assert int(load_checkpoint(straight.dir / "checkpoints" / "last.pt")["g_optimizer"]["state"][0]["step"]) == 8
+    mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
+    mnistgan.train(resume=tmp_path / "resumed", epochs=2)
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
+    assert np.isfinite(np.loadtxt(straight.dir / "losses.csv", delimiter=",", skiprows=1)).all()

@@ -91,9 +91,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    adversarial: Literal["minimax", "non-saturating", "least-squares", "hinge", "wasserstein-gp"] = "non-saturating"
+    adversarial: Literal["minimax", "non-saturating", "least-squares", "hinge", "wasserstein-gp", "relativistic"] = "non-saturating"
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))  # one-sided: real target 1 - s
     r1_gamma: float = field(default=0.0, metadata=_range(0.0))  # R1 penalty weight on real data, 0 = off
+    r2_gamma: float = field(default=0.0, metadata=_range(0.0))  # R2 penalty weight on generated data, 0 = off
     gp_lambda: float = field(default=10.0, metadata=_range(0.0))  # wasserstein-gp gradient penalty weight
 
 

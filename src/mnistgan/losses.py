@@ -27,11 +27,18 @@ def discriminator_loss(kind: str, real_scores: torch.Tensor, fake_scores: torch.
         return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
     if kind == "wasserstein-gp":
         return fake_scores.mean() - real_scores.mean()
+    if kind == "relativistic":
+        # RpGAN (Jolicoeur-Martineau 2019; R3GAN): -log sigmoid(D(x) - D(G(z))), pairing each real with a fake.
+        return F.softplus(fake_scores - real_scores).mean()
     raise ValueError(f"unknown adversarial loss {kind!r}")
 
 
-def generator_loss(kind: str, fake_scores: torch.Tensor) -> torch.Tensor:
-    """G's adversarial loss on D's scores of generated images."""
+def generator_loss(kind: str, fake_scores: torch.Tensor, real_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """G's adversarial loss on D's scores of generated images (and, for ``relativistic``, of real ones)."""
+    if kind == "relativistic":  # the mirror image of D's: -log sigmoid(D(G(z)) - D(x))
+        if real_scores is None:
+            raise ValueError("the relativistic loss pairs each fake with a real image's score")
+        return F.softplus(real_scores - fake_scores).mean()
     if kind == "minimax":
         # The original objective: minimise log(1 - D(G(z))) = -softplus(score). It saturates when D wins.
         return -F.softplus(fake_scores).mean()
@@ -50,7 +57,16 @@ def r1_penalty(real_scores: torch.Tensor, real_images: torch.Tensor) -> torch.Te
 
     ``real_images`` must have required grad before ``real_scores`` were computed from them.
     """
-    (gradient,) = torch.autograd.grad(real_scores.sum(), real_images, create_graph=True)
+    return _squared_input_gradient(real_scores, real_images)
+
+
+def r2_penalty(fake_scores: torch.Tensor, fake_images: torch.Tensor) -> torch.Tensor:
+    """E[||grad_x D(x)||^2] on generated images, R1's twin (R3GAN uses both); weight it by gamma / 2."""
+    return _squared_input_gradient(fake_scores, fake_images)
+
+
+def _squared_input_gradient(scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    (gradient,) = torch.autograd.grad(scores.sum(), images, create_graph=True)
     return gradient.float().pow(2).flatten(1).sum(1).mean()
 
 

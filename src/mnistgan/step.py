@@ -26,6 +26,12 @@ from .models import build_discriminator, build_generator
 from .sampling import draw_inputs
 
 STAT_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake")  # what each step records, in this order
+
+
+def real_batches_per_step(config: Config) -> int:
+    """Real batches one step reads: one per D update, and a fresh one for the relativistic G update."""
+    relativistic_g = config.loss.adversarial == "relativistic" and config.train.update == "alternating"
+    return config.train.d_steps + relativistic_g
 GRAPH_WARMUP_STEPS = 3  # eager steps before CUDA graph capture (lazy state, cuDNN autotuning)
 
 
@@ -75,7 +81,7 @@ class TrainingStep:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
         self.channels_last = uses_channels_last(config)
 
-        images_per_epoch = steps_per_epoch * config.train.d_steps * batch_size
+        images_per_epoch = steps_per_epoch * real_batches_per_step(config) * batch_size
         self.order = torch.zeros(images_per_epoch, dtype=torch.long, device=device)
         self.cursor = torch.zeros((), dtype=torch.long, device=device)
         self.offsets = torch.arange(batch_size, device=device)
@@ -123,10 +129,14 @@ class TrainingStep:
         loss_config = self.config.loss
         if loss_config.r1_gamma > 0:
             real = real.detach().requires_grad_(True)
+        if loss_config.r2_gamma > 0 and not fake.requires_grad:
+            fake = fake.requires_grad_(True)  # a detached fake (alternating updates): a leaf of its own
         real_scores, fake_scores = self._score(self.discriminator_train, real, real_labels, fake, fake_labels)
         loss = losses.discriminator_loss(self.loss_kind, real_scores, fake_scores, loss_config.label_smoothing)
         if loss_config.r1_gamma > 0:
             loss = loss + 0.5 * loss_config.r1_gamma * losses.r1_penalty(real_scores, real)
+        if loss_config.r2_gamma > 0:
+            loss = loss + 0.5 * loss_config.r2_gamma * losses.r2_penalty(fake_scores, fake)
         if self.loss_kind == "wasserstein-gp" and loss_config.gp_lambda > 0:
             with self.autocast:
                 penalty = losses.gradient_penalty(self.discriminator_train, real.detach(), fake.detach(), real_labels)
@@ -152,9 +162,14 @@ class TrainingStep:
         try:
             with self.autocast:
                 g_scores = self.discriminator_score(fake, fake_labels).float()
+                g_real_scores = None
+                if self.loss_kind == "relativistic":  # the pairs' real side: a fresh batch, a constant for G
+                    g_real, g_real_labels = self._next_batch()
+                    with torch.no_grad():
+                        g_real_scores = self.discriminator_score(g_real, g_real_labels).float()
         finally:
             self.discriminator.requires_grad_(True)
-        g_loss = losses.generator_loss(self.loss_kind, g_scores)
+        g_loss = losses.generator_loss(self.loss_kind, g_scores, g_real_scores)
         self.g_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(g_loss, inputs=self.g_parameters)
         self.g_optimizer.step()
@@ -169,7 +184,7 @@ class TrainingStep:
         with self.autocast:
             fake = self.generator_train(z, fake_labels)
         d_loss, real_scores, fake_scores = self._discriminator_objective(real, real_labels, fake, fake_labels)
-        g_loss = losses.generator_loss(self.loss_kind, fake_scores)
+        g_loss = losses.generator_loss(self.loss_kind, fake_scores, real_scores.detach())  # one batch: its reals pair
         self.g_optimizer.zero_grad(set_to_none=True)
         self.d_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(g_loss, inputs=self.g_parameters, retain_graph=True)

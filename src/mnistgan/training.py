@@ -32,7 +32,7 @@ from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
 from .sampling import draw_inputs, fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
-from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order
+from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, real_batches_per_step
 
 STOP_CHECK_STEPS = 50  # under torchrun, processes agree on a stop every this many steps (and at epoch ends)
 
@@ -197,7 +197,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
         if not bar.disable and time.perf_counter() - last_refresh > 0.5:
             last_refresh = time.perf_counter()
             recent = step.stats[max(0, state.step_in_epoch - 20) : state.step_in_epoch].mean(0).tolist()
-            rate = (state.step_in_epoch - first_step) * config.train.batch_size * config.train.d_steps / (last_refresh - start)
+            rate = (state.step_in_epoch - first_step) * config.train.batch_size * real_batches_per_step(config) / (last_refresh - start)
             bar.set_postfix_str(f"d_loss {recent[0]:.3f}  g_loss {recent[1]:.3f}  {rate:,.0f} img/s")
         if state.step_in_epoch < total and stop.requested(state.step_in_epoch):
             raise StopRequested()
@@ -207,7 +207,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
     seconds = time.perf_counter() - start
     state.trained_seconds += seconds
     bar.close()
-    images_read = (total - first_step) * config.train.batch_size * config.train.d_steps
+    images_read = (total - first_step) * config.train.batch_size * real_batches_per_step(config)
     return epoch_stats, seconds, images_read / seconds
 
 
@@ -253,7 +253,7 @@ class TrainingData:
     count: int
     batch_size: int  # per process
     steps_per_epoch: int
-    images_per_step: int  # real images one step of one process reads: batch_size x d_steps
+    images_per_step: int  # real images one step of one process reads: batch_size x real_batches_per_step
     distributed: Distributed
 
     @classmethod
@@ -268,13 +268,14 @@ class TrainingData:
         if schedule.batch_size % distributed.world_size:
             raise UserError(f"train.batch_size {schedule.batch_size} must divide evenly among {distributed.world_size} processes")
         batch_size = schedule.batch_size // distributed.world_size
-        steps_per_epoch = count // distributed.world_size // (batch_size * schedule.d_steps)
+        batches = real_batches_per_step(config)
+        steps_per_epoch = count // distributed.world_size // (batch_size * batches)
         if steps_per_epoch < 1:
-            d_steps = f" x d_steps {schedule.d_steps}" if schedule.d_steps > 1 else ""
+            d_steps = f" x {batches} real batches a step" if batches > 1 else ""
             raise UserError(f"{count} training images make no full batch of {schedule.batch_size}{d_steps}; "
                             f"lower {option('batch_size')} or raise {option('subset')}")
         return cls(split.images[:count].to(device), split.labels[:count].to(device), count, batch_size,
-                   steps_per_epoch, batch_size * schedule.d_steps, distributed)
+                   steps_per_epoch, batch_size * batches, distributed)
 
     def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
         """This process's share of the epoch's permutation."""
