@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mnistgan.config import load_preset
+from mnistgan.errors import UserError
 from mnistgan.models import build_discriminator, build_generator, count_parameters
 from mnistgan.sampling import sample_latent
 from mnistgan.models.dcgan import same_transposed_padding
@@ -204,3 +205,40 @@ def test_cpu_dropout_takes_whole_number_probabilities():
     x = torch.ones(8, 16)
     assert torch.equal(Dropout(0).train()(x), x)
     assert torch.equal(Dropout(1).train()(x), torch.zeros_like(x))
+
+
+def resnet_config(**changes):
+    base = {"model.architecture": "resnet", "model.generator_widths": [16, 8, 4], "model.discriminator_widths": [4, 8, 16],
+            "model.blocks_per_resolution": 2, "model.generator_batchnorm": False, "model.init": "pytorch"}
+    return load_preset("mlp-gan").replace({**base, **changes}).model
+
+
+@pytest.mark.parametrize("channels,conditional", [(1, False), (3, False), (1, True)])
+def test_resnet_networks_map_noise_to_images_and_images_to_one_score(channels, conditional):
+    config = resnet_config(**{"model.channels": channels, "model.conditional": conditional})
+    generator, discriminator = build_generator(config), build_discriminator(config)
+    labels = torch.arange(5) % 10 if conditional else None
+    images = generator(sample_latent(config, 5, "cpu"), labels)
+    assert images.shape == (5, channels, 28, 28) and images.abs().max() <= 1
+    assert discriminator(images, labels).shape == (5,)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in generator.modules())
+
+
+def test_resnet_blocks_start_as_the_identity_and_then_learn():
+    from mnistgan.models.resnet import ResidualBlock
+
+    block = ResidualBlock(4, 0.2)
+    x = torch.randn(2, 4, 7, 7)
+    assert torch.equal(block(x), x)  # fix-up: the last conv is zero at the start
+    block(x).pow(2).sum().backward()
+    assert block.last.weight.grad.abs().sum() > 0  # ... but it has a gradient, so it leaves zero
+
+
+def test_resnet_resolutions_follow_the_widths():
+    for widths, side in (([8], 28), ([8, 8], 14), ([8, 8, 8], 7)):
+        generator = build_generator(resnet_config(**{"model.generator_widths": widths}))
+        assert generator.side == side and generator(torch.randn(2, 100)).shape == (2, 1, 28, 28)
+    with pytest.raises(UserError, match="one width per resolution"):
+        resnet_config(**{"model.generator_widths": [8, 8, 8, 8]})
+    with pytest.raises(UserError, match="initialisation"):
+        resnet_config(**{"model.init": "glorot-uniform"})

@@ -15,7 +15,7 @@ from mnistgan.checkpoint import load_checkpoint
 from mnistgan.errors import UserError
 from mnistgan.step import STAT_COLUMNS
 
-from conftest import TINY_DCGAN, TINY_MLP
+from conftest import TINY, TINY_DCGAN, TINY_MLP
 
 
 def weights_of(run_dir):
@@ -537,3 +537,14 @@ def test_the_relativistic_loss_with_r1_and_r2_trains_and_resumes_exactly(tmp_pat
     mnistgan.train(resume=tmp_path / "resumed", epochs=2)
     assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
     assert np.isfinite(np.loadtxt(straight.dir / "losses.csv", delimiter=",", skiprows=1)).all()
+
+
+def test_resnet_networks_with_the_relativistic_loss_train_and_resume_exactly(tmp_path):
+    settings = {**TINY, "train.epochs": 2, "model.architecture": "resnet", "model.generator_widths": [8, 4],
+                "model.discriminator_widths": [4, 8], "model.blocks_per_resolution": 1, "model.generator_batchnorm": False,
+                "model.init": "pytorch", "loss.adversarial": "relativistic", "loss.r1_gamma": 0.1, "loss.r2_gamma": 0.1,
+                "optim.beta1": 0.0, "train.ema_decay": 0.9}
+    mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "straight")
+    mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
+    mnistgan.train(resume=tmp_path / "resumed", epochs=2)
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))

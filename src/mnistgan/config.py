@@ -58,7 +58,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    architecture: Literal["mlp", "dcgan"] = "dcgan"  # fully connected or convolutional networks
+    # fully connected, convolutional (DCGAN), or residual without normalisation (R3GAN's rules, models/resnet.py)
+    architecture: Literal["mlp", "dcgan", "resnet"] = "dcgan"
+    blocks_per_resolution: int = field(default=2, metadata=_range(1, 16))  # resnet: residual blocks at each resolution
     # Set from the dataset when a run starts (data.dataset), and recorded with the run:
     channels: int = field(default=1, metadata=_range(1, 3))  # image channels: 1 grey, 3 colour
     num_classes: int = field(default=10, metadata=_range(1, 100_000))  # classes a conditional model is given
@@ -257,6 +259,13 @@ def _check_consistency(config: Config) -> None:
     model, train = config.model, config.train
     if model.channels not in (1, 3) or config.data.channels not in (0, 1, 3):
         raise UserError("model.channels and data.channels are 1 (grey) or 3 (colour); data.channels 0 keeps the files' own")
+    if model.architecture == "resnet":
+        if not (1 <= len(model.generator_widths) <= 3 and 1 <= len(model.discriminator_widths) <= 3):
+            raise UserError("resnet networks have one width per resolution, 7x7 -> 14x14 -> 28x28: 1 to 3 "
+                            "model.generator_widths and model.discriminator_widths")
+        if model.init != "pytorch" or model.generator_batchnorm or model.discriminator_batchnorm:
+            raise UserError("resnet networks keep PyTorch's initialisation (their last convs start at zero) and no "
+                            "BatchNorm: set model.init = \"pytorch\", model.generator_batchnorm = false")
     if model.architecture == "dcgan":
         if len(model.generator_strides) != len(model.generator_widths):
             raise UserError(

@@ -48,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
 
 def uses_channels_last(config: Config) -> bool:
     """Whether the networks and the real batches are kept channels-last: conv nets, when the setting is on."""
-    return config.performance.channels_last and config.model.architecture == "dcgan"
+    return config.performance.channels_last and config.model.architecture != "mlp"
 
 
 # -- the CPU ---------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def choose_precision(config: Config, device: torch.device,
     if precision != "auto":
         return precision, "set by performance.precision"
     if device.type == "cuda":
-        if config.model.architecture == "dcgan":
+        if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
         return "fp32", "auto on CUDA for fully connected networks, with TF32"
     if not cpu_computes_bf16():

@@ -76,7 +76,7 @@ class TrainingStep:
         # conv D on a CPU is faster in two passes (measured for both DCGAN presets, docs/speed.md):
         # there a batch of 512 convolves slower per image than two of 256, and the G update's
         # backward would run through the real half too.
-        conv_on_cpu = device.type == "cpu" and config.model.architecture == "dcgan"
+        conv_on_cpu = device.type == "cpu" and config.model.architecture != "mlp"
         self.joint_discriminator_pass = not config.model.discriminator_batchnorm and not conv_on_cpu
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
         self.channels_last = uses_channels_last(config)

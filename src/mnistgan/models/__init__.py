@@ -1,6 +1,6 @@
 """Generator and discriminator builders, parameterised by ``ModelConfig``.
 
-Every generator maps ``(z, labels)`` to images in [-1, 1] of shape (N, 1, 28, 28); every
+Every generator maps ``(z, labels)`` to images in [-1, 1] of shape (N, C, 28, 28); every
 discriminator maps ``(images, labels)`` to one raw score (a logit) per image, shape (N,).
 ``labels`` is used only when the config is conditional.
 """
@@ -12,16 +12,17 @@ from torch import nn
 from ..config import ModelConfig
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .mlp import MLPDiscriminator, MLPGenerator
+from .resnet import ResNetDiscriminator, ResNetGenerator
 
 
 def build_generator(config: ModelConfig) -> nn.Module:
-    network = {"mlp": MLPGenerator, "dcgan": DCGANGenerator}[config.architecture](config)
+    network = {"mlp": MLPGenerator, "dcgan": DCGANGenerator, "resnet": ResNetGenerator}[config.architecture](config)
     initialise(network, config.init)
     return network
 
 
 def build_discriminator(config: ModelConfig) -> nn.Module:
-    network = {"mlp": MLPDiscriminator, "dcgan": DCGANDiscriminator}[config.architecture](config)
+    network = {"mlp": MLPDiscriminator, "dcgan": DCGANDiscriminator, "resnet": ResNetDiscriminator}[config.architecture](config)
     initialise(network, config.init)
     if config.spectral_norm:
         apply_spectral_norm(network)
