@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import LabelInput, hidden_block
+from .layers import LabelInput, hidden_block, projected_logits
 
 
 def same_transposed_padding(kernel: int, stride: int) -> tuple[int, int]:
@@ -92,9 +92,4 @@ class DCGANDiscriminator(nn.Module):
         if self.feature_order == "hwc":  # Keras' Flatten order; channels-last memory already is it: no copy
             features = features.permute(0, 2, 3, 1)
         features = features.flatten(1)
-        logits = self.head(features).squeeze(1)
-        if self.label_projection is not None:
-            if labels is None:
-                raise ValueError("a conditional network needs labels")
-            logits = logits + (self.label_projection(labels).to(features.dtype) * features).sum(dim=1)
-        return logits
+        return projected_logits(self.head(features).squeeze(1), features, self.label_projection, labels)

@@ -70,3 +70,13 @@ class LabelInput(nn.Module):
         if labels is None:
             raise ValueError("a conditional network needs labels")
         return torch.cat([flat, self.embedding(labels).to(flat.dtype)], dim=1)
+
+
+def projected_logits(logits: torch.Tensor, features: torch.Tensor, projection: nn.Embedding | None,
+                     labels: torch.Tensor | None) -> torch.Tensor:
+    """A projection discriminator's logits (Miyato & Koyama 2018): plus <embedding(label), features> when conditional."""
+    if projection is None:
+        return logits
+    if labels is None:
+        raise ValueError("a conditional network needs labels")
+    return logits + (projection(labels).to(features.dtype) * features).sum(dim=1)

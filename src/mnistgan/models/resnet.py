@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LabelInput
+from .layers import LabelInput, projected_logits
 
 SIDE = 28
 
@@ -101,9 +101,4 @@ class ResNetDiscriminator(nn.Module):
             if index < len(self.transitions):
                 x = self.transitions[index](F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))
         features = F.leaky_relu(x, self.slope).flatten(1)
-        logits = self.head(features).squeeze(1)
-        if self.label_projection is not None:
-            if labels is None:
-                raise ValueError("a conditional network needs labels")
-            logits = logits + (self.label_projection(labels).to(features.dtype) * features).sum(dim=1)
-        return logits
+        return projected_logits(self.head(features).squeeze(1), features, self.label_projection, labels)
