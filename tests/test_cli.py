@@ -373,3 +373,8 @@ def test_evaluate_samples_from_any_tool(capsys, tmp_path):
 
 def test_evaluate_needs_a_source(capsys):
     assert "give --run" in one_error_line(capsys, ["evaluate"])
+
+
+def test_more_samples_than_memory_holds_are_refused_up_front(capsys, trained_run):
+    line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--n", "10000000000", "--out", "x.npy"])
+    assert "GiB" in line and "--n" in line

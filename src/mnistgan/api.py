@@ -32,7 +32,7 @@ from .metrics import conditional_accuracy, evaluate_images
 from .metrics import evaluate_real as evaluate_real_images
 from .metrics.modes import STACKED_SAMPLES, evaluate_stacked, stacked_floor
 from .folder import read_own_images
-from .imagefiles import load_samples
+from .imagefiles import available_memory, load_samples
 from .models import build_generator
 from .plots import image_grid
 from .report import refresh_report
@@ -199,14 +199,23 @@ class Run:
         return network.eval()
 
     def sample(self, n: int = 16, seed: int = 0, digit: int | None = None, device: str = "cpu") -> torch.Tensor:
-        """``n`` generated images, float32 (n, 1, 28, 28) in [-1, 1]; ``digit`` picks the class (conditional runs)."""
+        """``n`` generated images, float32 (n, C, 28, 28) in [-1, 1]; ``digit`` picks the class (conditional runs)."""
         if n < 1:
             raise UserError(f"{option('n')} must be at least 1; got {n}")
+        self._require_memory_for(n)
         network = self.generator.to(device)
         labels = self._labels(n, digit, seed)
         generator = torch.Generator().manual_seed(seed)
         z = sample_latent(self.config.model, n, "cpu", generator)
         return generate(network, z.to(device), None if labels is None else labels.to(device))
+
+    def _require_memory_for(self, n: int) -> None:
+        """Refuse up front what cannot fit: the images, their noise, and a generation batch's working memory."""
+        needed = n * (self.config.model.channels * 28 * 28 + self.config.model.latent_dim + 2) * 4
+        available = available_memory()
+        if available is not None and needed > available:
+            raise UserError(f"{n:,} samples need about {needed / 2**30:.1f} GiB of memory, more than the "
+                            f"{available / 2**30:.1f} GiB available; ask for fewer ({option('n')})")
 
     def _labels(self, n: int, digit: int | None, seed: int) -> torch.Tensor | None:
         if not self.config.model.conditional:
