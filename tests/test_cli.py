@@ -241,7 +241,7 @@ def test_a_file_that_is_not_a_checkpoint(capsys, tmp_path):
 
 def test_too_many_samples_for_memory_is_one_line(capsys, trained_run, tmp_path):
     line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--n", str(10**10), "--out", str(tmp_path / "s.npy")])
-    assert "out of memory" in line and "--n" in line
+    assert "memory" in line and "GiB" in line and "--n" in line  # refused up front, before any allocation
 
 
 def test_digit_needs_a_conditional_run(capsys, trained_run, tmp_path):
@@ -374,7 +374,3 @@ def test_evaluate_samples_from_any_tool(capsys, tmp_path):
 def test_evaluate_needs_a_source(capsys):
     assert "give --run" in one_error_line(capsys, ["evaluate"])
 
-
-def test_more_samples_than_memory_holds_are_refused_up_front(capsys, trained_run):
-    line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--n", "10000000000", "--out", "x.npy"])
-    assert "GiB" in line and "--n" in line

@@ -202,8 +202,8 @@ class Run:
         """``n`` generated images, float32 (n, C, 28, 28) in [-1, 1]; ``digit`` picks the class (conditional runs)."""
         if n < 1:
             raise UserError(f"{option('n')} must be at least 1; got {n}")
+        network = self.generator.to(device)  # loads the config too, for a run opened from a checkpoint file
         self._require_memory_for(n)
-        network = self.generator.to(device)
         labels = self._labels(n, digit, seed)
         generator = torch.Generator().manual_seed(seed)
         z = sample_latent(self.config.model, n, "cpu", generator)
