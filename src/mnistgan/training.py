@@ -64,18 +64,19 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # before the broadcast below, which needs it
+        torch.cuda.set_device(device)  # before the broadcasts below, which need it
+    # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
+    paths = RunPaths(Path(distributed.broadcast_object(str(run_dir))))
+    checkpoint = load_checkpoint(paths.last_checkpoint, map_location=device) if resume else None
     # Rank 0 chooses ("auto" on a CPU may run a short probe, or read its cache); every rank trains in its choice.
     # A resumed run keeps the precision it trained in, so that it continues exactly.
     if distributed.is_main:
-        choice = (_precision_trained_in(config, device, Path(run_dir)) if resume else None) or choose_precision(config, device)
+        choice = _precision_trained_in(config, device, checkpoint) or choose_precision(config, device)
     precision, precision_reason = distributed.broadcast_object(choice if distributed.is_main else None)
     configure_backends(device, precision)
-    # The first process chose the run folder (a new runs/NNN one may be taken by the time the others look).
-    paths = RunPaths(Path(distributed.broadcast_object(str(run_dir))))
     stop = StopControl(distributed, device, log)
     try:
-        _train(config, paths, device, precision, precision_reason, distributed, stop, data_dir, resume,
+        _train(config, paths, device, precision, precision_reason, distributed, stop, data_dir, checkpoint,
                _interactive() if progress is None else progress)
     except OSError as error:
         if isinstance(error, ConnectionError) or error.errno is None:
@@ -86,18 +87,18 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     return paths
 
 
-def _precision_trained_in(config: Config, device: torch.device, run_dir: Path) -> tuple[str, str] | None:
-    """The precision ``auto`` chose for a run being resumed on the same kind of device, else None."""
-    if config.performance.precision != "auto":
+def _precision_trained_in(config: Config, device: torch.device, state: dict | None) -> tuple[str, str] | None:
+    """The precision ``auto`` chose for a run being resumed (``state``: its checkpoint) on the same kind of device, else None."""
+    if state is None or config.performance.precision != "auto":
         return None
-    state = load_checkpoint(RunPaths(run_dir).last_checkpoint)
     if state.get("precision") and state.get("device_type") == device.type:
         return state["precision"], "as this run trained so far"
     return None
 
 
 def _train(config: Config, paths: RunPaths, device: torch.device, precision: str, precision_reason: str, distributed: Distributed,
-           stop: "StopControl", data_dir, resume: bool, progress: bool) -> None:
+           stop: "StopControl", data_dir, checkpoint: dict | None, progress: bool) -> None:
+    """Train from the start, or from ``checkpoint`` (the loaded ``checkpoints/last.pt`` of a resumed run)."""
     schedule, main_process = config.train, distributed.is_main
 
     # -- data: the whole training set on the device, uint8 ------------------------------------------
@@ -110,8 +111,8 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     outputs = RunOutputs(config, paths, parts, device)
 
     # -- start or resume ------------------------------------------------------------------------------
-    if resume:
-        for note in state.restore(paths.last_checkpoint):
+    if checkpoint is not None:
+        for note in state.restore(checkpoint, paths.last_checkpoint):
             stop.say(note)
         if main_process:
             prepare_resume(paths, state.completed_epochs, config.to_toml())  # the new epochs / device, now that it resumes
@@ -127,8 +128,8 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     with stop.handling_signals():
         try:
             for epoch in range(state.completed_epochs + 1, schedule.epochs + 1):
-                checkpoint = paths.last_checkpoint if main_process else None
-                epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process, checkpoint)
+                save_to = paths.last_checkpoint if main_process else None  # time-based checkpoints mid-epoch
+                epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process, save_to)
                 if not torch.isfinite(epoch_stats).all():
                     raise UserError(diverged_message(epoch, paths))
                 state.completed_epochs, state.step_in_epoch = epoch, 0
@@ -328,10 +329,10 @@ class TrainingState:
             raise UserError(diverged_message(epoch, RunPaths(path.parent.parent), f"{error.location} became NaN or infinite")) from None
         self.saved_at = time.monotonic()
 
-    def restore(self, path: Path) -> list[str]:
-        """Continue from the checkpoint at ``path``; return notes for the user (a changed thread count)."""
+    def restore(self, state: dict, path: Path) -> list[str]:
+        """Continue from ``state``, the checkpoint read from ``path`` onto this device; return notes for
+        the user (a changed thread count)."""
         parts, device = self.parts, self.device
-        state = load_checkpoint(path, map_location=device)
         _require_same_run(self.config, state["config"], path)
         load_weights(parts.generator, state["generator"], path)
         load_weights(parts.discriminator, state["discriminator"], path)
