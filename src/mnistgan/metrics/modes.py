@@ -31,7 +31,7 @@ from ..data import IMAGE_SIZE, NUM_CLASSES, load_mnist, to_unit_range
 from ..datasets import STACKED_CHANNELS, place_values, stack_digits, whole_number
 from ..errors import UserError
 from .evaluator import features_and_probabilities, load_evaluator
-from .scoring import RANGE_TOLERANCE
+from .scoring import check_images
 
 STACKED_MODES = 1000  # digit triples: 10 ** STACKED_CHANNELS
 STACKED_SAMPLES = 26_000  # samples per evaluation, as in PacGAN
@@ -43,7 +43,7 @@ def classify_channels(images: torch.Tensor, device: str | torch.device = "cpu", 
     classified by the shipped MNIST evaluator (argmax of its probabilities).
 
     ``batch_size``: stacked images per evaluator batch (3 x batch_size digits)."""
-    check_stacked_images(images)
+    check_images(images, min_images=1, channels=STACKED_CHANNELS, convention=STACKED_SAMPLES)
     return _triples(_channel_probabilities(images, device, batch_size))
 
 
@@ -76,7 +76,7 @@ def evaluate_stacked(images: torch.Tensor, device: str | torch.device = "cpu") -
 
     ``images``: float (N, 3, 28, 28) in [-1, 1], N = STACKED_SAMPLES by convention; the confidence is
     averaged over all 3 N digits."""
-    check_stacked_images(images)
+    check_images(images, min_images=1, channels=STACKED_CHANNELS, convention=STACKED_SAMPLES)
     probabilities = _channel_probabilities(images, device, 500)
     statistics = mode_statistics(_triples(probabilities))
     statistics["channel_confidence"] = float(probabilities.max(dim=2).values.double().mean())
@@ -94,27 +94,6 @@ def stacked_floor(
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def check_stacked_images(images: torch.Tensor, min_images: int = 1) -> None:
-    """Raise a UserError unless ``images`` is a float (N, 3, 28, 28) tensor in [-1, 1] with N >= min_images.
-
-    The same checks as ``metrics.check_images``, for three channels."""
-    expected = (STACKED_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
-        raise UserError(f"Stacked MNIST images must be a tensor of shape (N, 3, 28, 28), one digit per channel, got {shape}")
-    if not images.dtype.is_floating_point:
-        raise UserError(f"Stacked MNIST images must be float in [-1, 1], got dtype {images.dtype}; "
-                        "convert with mnistgan.data.to_unit_range")
-    if len(images) < min_images:
-        raise UserError(f"got {len(images)} Stacked MNIST images; need at least {min_images} "
-                        f"({STACKED_SAMPLES:,} is the convention)")
-    if not torch.isfinite(images).all():
-        raise UserError("Stacked MNIST images contain NaN or infinity; the generator's output is broken (diverged training?)")
-    low, high = images.min().item(), images.max().item()
-    if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-        raise UserError(f"Stacked MNIST images span {low:.3g}..{high:.3g}; they must lie in [-1, 1] (tanh output range)")
 
 
 def _channel_probabilities(images: torch.Tensor, device, batch_size: int) -> torch.Tensor:

@@ -230,8 +230,9 @@ def score(fake: Activations, real: Reference, names: list[str] | None = None) ->
     return result
 
 
-def check_images(images: torch.Tensor, min_images: int = MIN_IMAGES, channels: int = 1) -> None:
-    """Raise a UserError unless ``images`` is a float (N, C, 28, 28) tensor in [-1, 1] with N >= min_images."""
+def check_images(images: torch.Tensor, min_images: int = MIN_IMAGES, channels: int = 1, convention: int = 10_000) -> None:
+    """Raise a UserError unless ``images`` is a float (N, C, 28, 28) tensor in [-1, 1] with N >= min_images
+    (``convention``: the number of samples a score is usually given on, named in the message)."""
     expected = (channels, IMAGE_SIZE, IMAGE_SIZE)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
         shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
@@ -239,7 +240,7 @@ def check_images(images: torch.Tensor, min_images: int = MIN_IMAGES, channels: i
     if not images.dtype.is_floating_point:
         raise UserError(f"images must be float in [-1, 1], got dtype {images.dtype}; convert with mnistgan.data.to_unit_range")
     if len(images) < min_images:
-        raise UserError(f"got {len(images)} images; the metrics need at least {min_images} (10,000 is the convention)")
+        raise UserError(f"got {len(images)} images; the metrics need at least {min_images} ({convention:,} is the convention)")
     if not torch.isfinite(images).all():
         raise UserError("images contain NaN or infinity; the generator's output is broken (diverged training?)")
     low, high = images.min().item(), images.max().item()
