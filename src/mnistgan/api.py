@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_checkpoint, load_weights, read_generator_file
+from .checkpoint import first_non_finite, load_checkpoint, load_weights, read_generator_file
 from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
 from .data import to_unit_range
@@ -188,8 +188,8 @@ class Run:
             state = load_checkpoint(source)
             config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
         self._weights_source = source
-        broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-        if broken:  # a generator that diverged draws nothing but NaN: no sample or score of it means anything
+        broken = first_non_finite(weights)
+        if broken is not None:  # a generator that diverged draws nothing but NaN: no sample or score of it means anything
             raise UserError(f"{source} holds NaN or infinite weights ({broken[0]}): that training diverged; "
                             "sample an earlier checkpoint, or train again with lower learning rates")
         if self.config is None:

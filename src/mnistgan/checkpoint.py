@@ -56,13 +56,21 @@ def require_finite(value, what: str) -> None:
     state); other values, integer tensors included, are not looked at. ``what`` starts the message:
     ``"not writing runs/001/checkpoints/last.pt"``, say.
     """
+    found = first_non_finite(value)
+    if found is not None:
+        where, count = found
+        raise NonFiniteError(f"{what}: {where} holds {count} NaN or infinite value(s), the network has diverged; "
+                             "nothing was written (a file already there keeps its last good contents)", where)
+
+
+def first_non_finite(value) -> tuple[str, int] | None:
+    """The first floating (or complex) tensor in ``value`` that holds NaN or infinity: its dotted
+    location (``generator.net.0.weight``) and how many such values it holds; None if all are finite."""
     for location, tensor in _inexact_tensors(value, ()):
         finite = torch.isfinite(tensor.detach())
         if not bool(finite.all()):
-            where = ".".join(map(str, location)) or "the tensor"
-            count = int(finite.numel() - finite.sum())
-            raise NonFiniteError(f"{what}: {where} holds {count} NaN or infinite value(s), the network has diverged; "
-                                 "nothing was written (a file already there keeps its last good contents)", where)
+            return ".".join(map(str, location)) or "the tensor", int(finite.numel() - finite.sum())
+    return None
 
 
 def _inexact_tensors(value, location: tuple):
