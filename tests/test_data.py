@@ -126,7 +126,7 @@ def test_search_order_argument_then_environment(tmp_path, monkeypatch):
 def test_offline_download_fails_with_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MNISTGAN_DATA_DIR", raising=False)
     monkeypatch.setenv("MNISTGAN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "MNIST", dataclasses.replace(data.MNIST, shipped=(tmp_path / "nowhere",)))
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")

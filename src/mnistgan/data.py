@@ -114,12 +114,13 @@ def _has_all_files(directory: Path) -> bool:
     return all(_file_in(directory, name) for name in FILES.values())
 
 
-def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True, source: IdxSource = MNIST) -> Path:
-    """Return the directory holding the four files of ``source``, downloading them if they are nowhere.
+def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True, source: IdxSource | None = None) -> Path:
+    """Return the directory holding the four files of ``source`` (default MNIST), downloading them if they are nowhere.
 
     An explicitly named directory (argument or environment variable) must hold the files: a typo
     there is an error, not a silent download.
     """
+    source = source or MNIST
     for explicit, origin in ((data_dir, option("data_dir")), (os.environ.get(source.environment), f"${source.environment}")):
         if explicit:
             directory = Path(explicit).expanduser()
@@ -132,8 +133,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None, download: bool = Tr
                     "decompressed); put the four IDX files there or point it at the folder that has them"
                 )
             return directory
-    shipped = (REPO_DATA_DIR,) if source is MNIST else source.shipped  # REPO_DATA_DIR looked up now: tests move it
-    for directory in (*shipped, source.cache()):
+    for directory in (*source.shipped, source.cache()):
         if _has_all_files(directory):
             return directory
     if not download:
