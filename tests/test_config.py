@@ -179,3 +179,12 @@ def test_a_bad_preset_file_is_one_line_naming_it(tmp_path, problem):
         load_preset_file(path)
     message = str(caught.value)
     assert message.startswith(f"preset file {path}") and words in message and "\n" not in message, message
+
+
+def test_packing_needs_unconditional_models_and_whole_packs_per_batch():
+    config = load_preset("mlp-gan")
+    assert config.replace({"model.pack": 4, "train.batch_size": 64}).model.pack == 4
+    with pytest.raises(UserError, match="train.batch_size 63 must be a multiple of model.pack 2"):
+        config.replace({"model.pack": 2, "train.batch_size": 63})
+    with pytest.raises(UserError, match="no single label; set model.conditional = false or model.pack = 1"):
+        config.replace({"model.pack": 2, "model.conditional": True})

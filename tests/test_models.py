@@ -242,3 +242,36 @@ def test_resnet_resolutions_follow_the_widths():
         resnet_config(**{"model.generator_widths": [8, 8, 8, 8]})
     with pytest.raises(UserError, match="initialisation"):
         resnet_config(**{"model.init": "glorot-uniform"})
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "dcgan", "resnet"])
+def test_a_packed_discriminator_scores_each_pack_of_images_joined_along_channels(architecture):
+    changes = {"model.pack": 2, "model.channels": 3}
+    config = resnet_config(**changes) if architecture == "resnet" else load_preset(
+        "stacked-dcgan" if architecture == "dcgan" else "mlp-gan").replace(changes).model
+    discriminator = build_discriminator(config).eval()
+    images = torch.rand(6, 3, 28, 28) * 2 - 1
+    scores = discriminator(images)
+    assert scores.shape == (3,)
+    # Pack i is images 2i and 2i + 1, channels one after the other, through the inner network.
+    joined = torch.cat([images[0::2], images[1::2]], dim=1)
+    assert torch.allclose(scores, discriminator.network(joined), atol=1e-6)
+    # ... so a pack's score depends on both its images, and on no other pack.
+    changed = images.clone()
+    changed[5] = -changed[5]
+    new_scores = discriminator(changed)
+    assert torch.equal(new_scores[:2], scores[:2]) and new_scores[2] != scores[2]
+    with pytest.raises(ValueError, match="packs of 2"):
+        discriminator(images[:5])
+
+
+def test_the_stacked_presets_differ_only_in_what_they_test():
+    dcgan, pacgan = load_preset("stacked-dcgan"), load_preset("stacked-pacgan")
+    assert pacgan.model.pack == 2 and dcgan.model.pack == 1
+    assert pacgan.replace({"model.pack": 1, "description": dcgan.description}).to_dict() == {**dcgan.to_dict(), "preset": "stacked-pacgan"}
+    r3gan, stacked = load_preset("r3gan"), load_preset("stacked-r3gan")
+    assert stacked.data.dataset == "stacked-mnist" and r3gan.data.dataset == "mnist"
+    assert stacked.model == r3gan.model and stacked.loss == r3gan.loss and stacked.optim == r3gan.optim
+    # R3GAN's loss: relativistic with both penalties every step, Adam beta1 = 0, no normalisation.
+    assert (r3gan.loss.adversarial, r3gan.loss.r1_gamma > 0, r3gan.loss.r2_gamma > 0) == ("relativistic", True, True)
+    assert r3gan.optim.beta1 == 0 and r3gan.model.architecture == "resnet" and r3gan.train.ema_decay > 0

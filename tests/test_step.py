@@ -147,6 +147,27 @@ def test_r1_is_in_ds_update_with_weight_gamma_over_two():
     assert_moved_to(parts.discriminator, expected, without)
 
 
+def test_a_packed_d_scores_real_packs_and_fake_packs_apart_in_its_update():
+    config = sgd_config(**{"model.pack": 2})
+    images, labels = random_images(BATCH)
+    parts = one_step_parts(config, images, labels)
+    before = copy.deepcopy(parts.discriminator)
+    calls = record_calls(parts.discriminator)
+
+    parts.runner.run(1)
+
+    joint = calls[0][0]  # [real; fake] in one pass: BATCH / 2 real packs, then BATCH / 2 fake ones
+    real, fake = joint[:BATCH], joint[BATCH:]
+    torch.testing.assert_close(real, to_unit_range(images[:BATCH]), rtol=0, atol=0)
+    real_scores, fake_scores = before(real), before(fake)
+    assert real_scores.shape == (BATCH // 2,)
+    expected = expected_update(before, losses.discriminator_loss("non-saturating", real_scores, fake_scores))
+    # Packs that mixed real and fake images would score differently: the step must not.
+    mixed = before(torch.cat([real[:BATCH // 2], fake[:BATCH // 2]])), before(torch.cat([real[BATCH // 2:], fake[BATCH // 2:]]))
+    wrong = expected_update(before, losses.discriminator_loss("non-saturating", *mixed))
+    assert_moved_to(parts.discriminator, expected, wrong)
+
+
 def test_the_gradient_penalty_is_in_ds_update_at_points_between_real_and_fake():
     gp_lambda = 10.0
     config = sgd_config(**{"loss.adversarial": "wasserstein-gp", "loss.gp_lambda": gp_lambda})

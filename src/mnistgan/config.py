@@ -89,6 +89,9 @@ class ModelConfig:
     init: Literal["pytorch", "glorot-uniform", "dcgan-normal"] = "pytorch"  # weight init (biases zero except pytorch)
     spectral_norm: bool = False  # spectral normalisation of every D layer
     embedding_dim: int = field(default=50, metadata=_range(1, 1024))  # conditional: size of the label embedding
+    # PacGAN (Lin et al. 2018): D scores ``pack`` samples at once, joined along channels, so a
+    # generator that repeats itself is seen doing so; 1 = one sample per score
+    pack: int = field(default=1, metadata=_range(1, 16))
 
 
 @dataclass
@@ -281,6 +284,13 @@ def _check_consistency(config: Config) -> None:
             raise UserError("model.kernel_size must be at least the largest generator stride")
         if len(model.discriminator_widths) > 2:
             raise UserError("dcgan discriminators downsample 28 -> 14 -> 7 with stride-2 convs: at most 2 model.discriminator_widths")
+    if model.pack > 1:
+        if model.conditional:
+            raise UserError("model.pack > 1 packs unconditional samples: a packed score has no single label; "
+                            "set model.conditional = false or model.pack = 1")
+        if train.batch_size % model.pack:
+            raise UserError(f"train.batch_size {train.batch_size} must be a multiple of model.pack {model.pack}: "
+                            "D scores the batch in packs")
     if train.update == "simultaneous" and train.d_steps != 1:
         raise UserError("train.d_steps > 1 needs train.update = 'alternating'")
     if config.loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:

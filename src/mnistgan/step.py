@@ -121,7 +121,8 @@ class TrainingStep:
             if self.joint_discriminator_pass:
                 labels = torch.cat([real_labels, fake_labels]) if self.conditional else None
                 scores = network(torch.cat([real, fake]), labels).float()
-                return scores[: real.shape[0]], scores[real.shape[0]:]
+                real_count = real.shape[0] // self.config.model.pack  # packed D: one score per pack
+                return scores[:real_count], scores[real_count:]
             return network(real, real_labels).float(), network(fake, fake_labels).float()
 
     def _discriminator_objective(self, real, real_labels, fake, fake_labels):

@@ -269,6 +269,9 @@ class TrainingData:
         if schedule.batch_size % distributed.world_size:
             raise UserError(f"train.batch_size {schedule.batch_size} must divide evenly among {distributed.world_size} processes")
         batch_size = schedule.batch_size // distributed.world_size
+        if batch_size % config.model.pack:
+            raise UserError(f"each of the {distributed.world_size} processes gets {batch_size} images a batch, not a multiple "
+                            f"of model.pack {config.model.pack}; choose {option('batch_size')} as a multiple of both")
         batches = real_batches_per_step(config)
         steps_per_epoch = count // distributed.world_size // (batch_size * batches)
         if steps_per_epoch < 1:

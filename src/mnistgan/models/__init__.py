@@ -7,6 +7,9 @@ discriminator maps ``(images, labels)`` to one raw score (a logit) per image, sh
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -22,11 +25,35 @@ def build_generator(config: ModelConfig) -> nn.Module:
 
 
 def build_discriminator(config: ModelConfig) -> nn.Module:
-    network = {"mlp": MLPDiscriminator, "dcgan": DCGANDiscriminator, "resnet": ResNetDiscriminator}[config.architecture](config)
+    """D for ``config``; with ``pack`` m > 1, D's network sees m images joined along channels."""
+    inner = dataclasses.replace(config, channels=config.channels * config.pack)
+    network = {"mlp": MLPDiscriminator, "dcgan": DCGANDiscriminator, "resnet": ResNetDiscriminator}[inner.architecture](inner)
     initialise(network, config.init)
     if config.spectral_norm:
         apply_spectral_norm(network)
-    return network
+    return PackedDiscriminator(network, config.pack) if config.pack > 1 else network
+
+
+class PackedDiscriminator(nn.Module):
+    """PacGAN's discriminator (Lin et al. 2018): one score for each ``pack`` consecutive images.
+
+    (N, C, H, W) -> (N / m, m * C, H, W): images i*m .. i*m + m - 1 become the channels of pack i.
+    A batch of real images and one of fakes, each a multiple of m, thus never share a pack.
+    Packs are unconditional (the config rejects labels with m > 1).
+    """
+
+    def __init__(self, network: nn.Module, pack: int):
+        super().__init__()
+        self.network, self.pack = network, pack
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        count, channels, height, width = images.shape
+        if count % self.pack:
+            raise ValueError(f"a batch of {count} images does not split into packs of {self.pack}")
+        packed = images.reshape(count // self.pack, self.pack * channels, height, width)
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+            packed = packed.contiguous(memory_format=torch.channels_last)
+        return self.network(packed, None)
 
 
 def initialise(network: nn.Module, scheme: str) -> None:
