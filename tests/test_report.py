@@ -1,6 +1,7 @@
 """The run report: written by training, refreshed by evaluation, self-contained, escaped."""
 
 import base64
+import html
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 
 import mnistgan
 from mnistgan.cli import main
+from mnistgan.config import tomllib
 from mnistgan.report import render_report, write_report
 from mnistgan.rundir import RunPaths
 
@@ -53,6 +55,24 @@ def test_training_writes_a_self_contained_report(run_dir):
     assert "Not evaluated yet" in page and "src=\"http" not in page and "<script" not in page
 
 
+def test_the_config_is_the_file_with_each_list_on_one_line(run_dir):
+    page = (run_dir / "report.html").read_text()
+    assert "generator_widths = [32, 64]" in page and "discriminator_widths = [64, 32]" in page
+    assert "<pre>[model]\narchitecture = &quot;mlp&quot;" in page  # each table a block of its own
+    blocks = [html.unescape(block) for block in re.findall(r"<pre>(.*?)</pre>", page, re.DOTALL)]
+    assert tomllib.loads("\n".join(blocks)) == tomllib.loads((run_dir / "config.toml").read_text())  # nothing lost
+
+
+def test_digits_keep_their_pixels_and_curves_their_lines(run_dir):
+    """Sample grids keep hard pixel edges when a high-density screen enlarges them; curves are
+    smoothed (shrunk pixel by pixel to fit a narrow window, a thin line breaks up)."""
+    page = (run_dir / "report.html").read_text()
+    assert re.findall(r'<figure( class="pixels")?><img src="data:image/\w+;base64,[^"]+" alt="([^"]+)"', page) == [
+        (' class="pixels"', "fixed noise after epoch 2"), (' class="pixels"', "the grids over training"),
+        ("", "losses and D&#x27;s outputs")]
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page  # phones lay it out at their width
+
+
 def test_the_epoch_means_are_those_of_losses_csv(run_dir):
     losses = mnistgan.load(run_dir).losses
     last = losses["epoch"] == 2
@@ -67,6 +87,7 @@ def test_evaluating_a_run_adds_its_quality(run_dir, capsys):
     page = (run_dir / "report.html").read_text()
     assert f"<th>Fréchet distance</th><td class=\"number\">{result['fd']:.4g}</td>" in page
     assert "Not evaluated yet" not in page and "300 samples against the test set" in page
+    assert f"Share of each digit: 0: {result['class_histogram'][0]:.3f}, 1: " in page
 
 
 def test_text_from_the_run_is_escaped(run_dir, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -21,10 +22,22 @@ from .losses import breakdown
 from .metrics import METRIC_KEYS
 from .rundir import RunPaths, read_csv_columns, require_run_dir
 
-STYLE = """body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222 }
-table { border-collapse: collapse } td, th { padding: 0.2em 0.8em; text-align: left; border-bottom: 1px solid #ddd }
-td.number { text-align: right; font-variant-numeric: tabular-nums } img { max-width: 100%; image-rendering: pixelated }
-figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top } pre { background: #f6f6f6; padding: 1em }"""
+# Laid out for a laptop (64em: room for two 488-pixel sample grids side by side; the config in columns)
+# and shrinking to a phone's width: long lines wrap, pictures scale down, nothing scrolls sideways.
+STYLE = """
+body { font-family: system-ui, sans-serif; line-height: 1.4; overflow-wrap: break-word; max-width: 64em; margin: 2em auto;
+       padding: 0 1em; color: #222 }
+table { border-collapse: collapse }
+td, th { padding: 0.2em 0.8em; text-align: left; vertical-align: top; border-bottom: 1px solid #ddd }
+td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap }
+.figures { display: flex; flex-wrap: wrap; gap: 0 1em; align-items: flex-start }
+figure { margin: 0 0 1em; min-width: 0 }
+img { display: block; max-width: 100%; height: auto }
+figure.pixels img { image-rendering: pixelated }
+.config { columns: 3 18em; column-gap: 1em }
+pre, code { font-family: ui-monospace, monospace; font-size: 0.875em }
+pre { background: #f6f6f6; padding: 0.6em 0.8em; margin: 0 0 1em; white-space: pre-wrap; break-inside: avoid }
+"""
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -54,14 +67,13 @@ def render_report(paths: RunPaths) -> str:
     parts.append(_table(_summary(config, losses)))
 
     grids = paths.sample_images()
-    figures = []
+    pictures = [(paths.progress_gif, "the grids over training", True), (paths.loss_curves, "losses and D's outputs", False),
+                (paths.metric_curves, "quality during training", False)]
     if grids:
-        figures.append(_figure(grids[-1], f"fixed noise after epoch {int(grids[-1].stem.rsplit('_', 1)[1])}"))
-    for path, caption in ((paths.progress_gif, "the grids over training"), (paths.loss_curves, "losses and D's outputs"),
-                          (paths.metric_curves, "quality during training")):
-        if path.is_file():
-            figures.append(_figure(path, caption))
-    parts += ["<h2>Samples and curves</h2>", "".join(figures) or "<p>No pictures yet: the run has not reached its first sample epoch.</p>"]
+        pictures.insert(0, (grids[-1], f"fixed noise after epoch {int(grids[-1].stem.rsplit('_', 1)[1])}", True))
+    figures = "".join(_figure(*picture) for picture in pictures if picture[0].is_file())
+    parts += ["<h2>Samples and curves</h2>", f"<div class=\"figures\">{figures}</div>" if figures else
+              "<p>No pictures yet: the run has not reached its first sample epoch.</p>"]
 
     parts.append("<h2>Quality</h2>")
     command = f"<code>mnistgan evaluate --run {_text(str(paths.root))}</code>"
@@ -79,8 +91,9 @@ def render_report(paths: RunPaths) -> str:
                      f"{command} measures the final generator on 10,000 and adds the numbers here.</p>")
     else:
         parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here.</p>")
-    parts += ["<h2>Config</h2>", f"<pre>{_text(paths.config.read_text())}</pre>"]
+    parts += ["<h2>Config</h2>", _config(paths.config.read_text())]
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
@@ -133,8 +146,8 @@ def _quality(result: dict, paths: RunPaths, command: str) -> str:
     if weights.is_file() and weights.stat().st_mtime > paths.metrics_json.stat().st_mtime:
         where += f"<p><strong>Stale:</strong> the run trained on after this evaluation; {command} measures it again.</p>"
     histogram = result.get("class_histogram")
-    digits = ("<p>Share of each digit 0–9: " + " ".join(_number(share, ".3f") for share in histogram) + "</p>"
-              if isinstance(histogram, list) else "")
+    digits = ("<p>Share of each digit: " + ", ".join(f"{digit}: {_number(share, '.3f')}" for digit, share in enumerate(histogram))
+              + "</p>" if isinstance(histogram, list) else "")
     return where + _table(rows, numeric_column=1) + digits
 
 
@@ -157,11 +170,33 @@ def _table(rows: list[tuple[str, ...]], numeric_column: int | None = None) -> st
     return f"<table>{cells}</table>"
 
 
-def _figure(path: Path, caption: str) -> str:
+def _figure(path: Path, caption: str, pixels: bool) -> str:
+    """``pixels``: digits keep hard pixel edges when a high-density screen enlarges them. Curves are
+    smoothed instead: shrunk pixel by pixel to fit a narrow window, their thin lines break up."""
     kind = "gif" if path.suffix == ".gif" else "png"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<figure><img src=\"data:image/{kind};base64,{data}\" alt=\"{_text(caption)}\">"
+    css_class = " class=\"pixels\"" if pixels else ""
+    return (f"<figure{css_class}><img src=\"data:image/{kind};base64,{data}\" alt=\"{_text(caption)}\">"
             f"<figcaption>{_text(caption)}</figcaption></figure>")
+
+
+# An array as tomli_w writes it, one item a line: "[\n    32,\n    64,\n]".
+MULTILINE_ARRAY = re.compile(r"\[\n((?:[ \t]+[^\n]*,\n)+)[ \t]*\]")
+
+
+def _config(toml: str) -> str:
+    """The run's config.toml as written, but each list on one line, and each table a block of its own
+    so that the blocks can stand in columns."""
+    # Each table starts at a "[" at the start of a line; TOML's top-level keys come before every table.
+    top, *tables = re.split(r"\n+(?=\[)", MULTILINE_ARRAY.sub(_one_line, toml).strip())
+    if top.startswith("["):  # no top-level keys
+        top, tables = "", [top, *tables]
+    blocks = "".join(f"<pre>{_text(table)}</pre>" for table in tables)
+    return (f"<pre>{_text(top)}</pre>" if top else "") + f"<div class=\"config\">{blocks}</div>"
+
+
+def _one_line(array: re.Match) -> str:
+    return "[" + ", ".join(line.strip().removesuffix(",") for line in array.group(1).splitlines()) + "]"
 
 
 def _text(value: str) -> str:
