@@ -218,10 +218,22 @@ def test_resnet_networks_map_noise_to_images_and_images_to_one_score(channels, c
     config = resnet_config(**{"model.channels": channels, "model.conditional": conditional})
     generator, discriminator = build_generator(config), build_discriminator(config)
     labels = torch.arange(5) % 10 if conditional else None
-    images = generator(sample_latent(config, 5, "cpu"), labels)
+    images = generator.eval()(sample_latent(config, 5, "cpu"), labels)
     assert images.shape == (5, channels, 28, 28) and images.abs().max() <= 1
     assert discriminator(images, labels).shape == (5,)
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in generator.modules())
+
+
+def test_the_resnet_generator_is_linear_while_training_and_clamped_when_sampled():
+    generator = build_generator(resnet_config())
+    z = sample_latent(resnet_config(), 4, "cpu")
+    with torch.no_grad():
+        generator.output.bias.fill_(-3.0)  # far below black: a tanh would be flat here
+    raw = generator.train()(z)
+    assert raw.max() < -1.5  # no squashing: D sees it, and G's gradient does not vanish
+    raw.sum().backward()
+    assert generator.output.bias.grad.abs().item() == pytest.approx(4 * 28 * 28)
+    assert torch.equal(generator.eval()(z), raw.detach().clamp(-1, 1))
 
 
 def test_resnet_blocks_start_as_the_identity_and_then_learn():

@@ -49,7 +49,8 @@ def _stage(channels: int, blocks: int, slope: float) -> nn.Sequential:
 
 
 class ResNetGenerator(nn.Module):
-    """z [+ label embedding] -> linear -> (W0, S, S) -> residual stages, bilinear x2 between them -> (N, C, 28, 28).
+    """z [+ label embedding] -> linear -> (W0, S, S) -> residual stages, bilinear x2 between them -> (N, C, 28, 28),
+    linear output (clamped to [-1, 1] in eval mode).
 
     With widths [256, 128, 64]: (N, 100) -> (N, 256, 7, 7) -> (N, 128, 14, 14) -> (N, 64, 28, 28) -> (N, C, 28, 28).
     """
@@ -74,7 +75,11 @@ class ResNetGenerator(nn.Module):
             x = stage(x)
             if index < len(self.transitions):
                 x = self.transitions[index](F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
-        return torch.tanh(self.output(F.leaky_relu(x, self.slope)))
+        images = self.output(F.leaky_relu(x, self.slope))
+        # A linear output, as R3GAN's: a tanh here saturated at black within ~50 steps on MNIST (most
+        # pixels are background) and then passed G no gradient. D sees the raw values while training;
+        # sampling (eval mode) clamps them to the image range.
+        return images if self.training else images.clamp(-1.0, 1.0)
 
 
 class ResNetDiscriminator(nn.Module):
