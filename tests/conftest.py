@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ TINY = {
     "performance.device": "cpu",
     "performance.precision": "fp32",
     "train.log_every": 2,
+    "train.final_eval_samples": 0,  # scoring 10,000 samples takes longer than these runs; its own tests turn it on
 }
 TINY_DCGAN = {  # the convolutional presets at a fraction of their width
     **TINY,
@@ -40,3 +42,20 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
 @pytest.fixture
 def tiny_overrides():
     return dict(TINY)
+
+
+def interrupt_after_steps(monkeypatch, steps: int) -> None:
+    """Ctrl-C (a real SIGINT to this process) right after training's ``steps``-th call of the step runner;
+    ``monkeypatch.undo()`` or a new ``setattr`` of ``StepRunner.run`` lets the next run train on."""
+    from mnistgan import step as step_module
+
+    original_run, calls = step_module.StepRunner.run, []
+
+    def run_then_interrupt(self, remaining):
+        ran = original_run(self, remaining)
+        calls.append(ran)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return ran
+
+    monkeypatch.setattr(step_module.StepRunner, "run", run_then_interrupt)

@@ -14,7 +14,8 @@ from mnistgan.cli import main
 
 from conftest import TINY_MLP, run_cli
 
-TINY_ARGS = ["--subset", "128", "--batch-size", "32", "--set=train.sample_every=1", "--device", "cpu", "--no-progress"] + [
+TINY_ARGS = ["--subset", "128", "--batch-size", "32", "--set=train.sample_every=1", "--device", "cpu", "--no-progress",
+             "--final-eval-samples", "0"] + [
     f"--set={key}={value}" for key, value in TINY_MLP.items() if key.startswith("model.")]
 TINY_ARGS_LEAVING_PROGRESS_TO_THE_TERMINAL_CHECK = [arg for arg in TINY_ARGS if arg != "--no-progress"]
 
@@ -136,6 +137,9 @@ def test_presets_lists_all_five(capsys):
     (["train-evaluator", "--out", "evaluator.txt"], ("evaluator.txt", "must end in .safetensors")),
     (["train-evaluator", "--device", "tpu"], ("'tpu'", "unknown device")),
     (["sample", "--checkpoint", "/", "--out", "x.png"], ("/", "is a directory", "give a checkpoint file")),
+    (["sample", "--run", "r", "--pretrained", "p"], ("--pretrained", "not allowed with", "--run")),
+    (["evaluate", "--pretrained", "nope"], ("'nope'", "unknown pretrained generator", "mnistgan pretrained")),
+    (["pretrained", "--out", "x.safetensors"], ("--out", "goes with --export")),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, words):
     assert_names(one_error_line(capsys, argv), *words)

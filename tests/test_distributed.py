@@ -22,7 +22,8 @@ def test_two_processes_train_one_run(tmp_path, out):
     # --standalone: torchrun's rendezvous takes a free port of its own, so parallel runs never collide.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "mnistgan", "train", "--preset", "mlp-gan", "--subset", "256", "--batch-size", "32", "--epochs", "2",
-               "--set=train.sample_every=1", "--set=train.log_every=2", "--device", "cpu", "--no-progress", *sets]
+               "--set=train.sample_every=1", "--set=train.log_every=2", "--device", "cpu", "--no-progress", *sets,
+               "--final-eval-samples", "200"]  # the final evaluation runs on the first process only
     if out is not None:
         command += ["--out", str(tmp_path / out)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -30,6 +31,7 @@ def test_two_processes_train_one_run(tmp_path, out):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "all 2 processes hold identical weights" in result.stdout
     assert result.stdout.count("epoch    2/2") == 1  # rank 0 alone reports
+    assert result.stdout.count("final evaluation of the generator on 200 samples") == 1
     assert "8 steps of 32 per epoch" in result.stdout  # 128 images per rank, 16 per rank and step
     folders = [tmp_path / out] if out is not None else list((tmp_path / "runs").iterdir())
     assert len(folders) == 1  # one run folder, whichever process looked for a free number

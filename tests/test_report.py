@@ -90,6 +90,18 @@ def test_evaluating_a_run_adds_its_quality(run_dir, capsys):
     assert f"Share of each digit: 0: {result['class_histogram'][0]:.3f}, 1: " in page
 
 
+def test_a_final_evaluation_shows_the_real_floor_beside_each_number(run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.toml").write_text((run_dir / "config.toml").read_text())
+    (copy / "metrics.json").write_text(json.dumps({"fd": 12.5, "recall": 0.25, "n": 10000, "epoch": 2,
+                                                   "real_floor": {"fd": 0.3, "recall": 0.85}}))
+    page = render_report(RunPaths(copy))
+    assert "<td class=\"number\">this run</td><td class=\"number\">real data</td>" in page
+    assert "<th>Fréchet distance</th><td class=\"number\">12.5</td><td class=\"number\">0.3</td>" in page
+    assert "(the generator after epoch 2)" in page
+
+
 def test_text_from_the_run_is_escaped(run_dir, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()

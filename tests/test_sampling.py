@@ -1,5 +1,7 @@
 """Drawing from a generator (sampling.py): the BatchNorm refresh an EMA generator needs, the fixed
-grid's rows, and the order and source of the random draws."""
+grid's rows, the order and source of the random draws, and the paths of latent walks."""
+
+import math
 
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ from mnistgan.config import load_preset
 from mnistgan.models import build_generator
 from mnistgan.models.layers import Dropout
 from mnistgan.plots import image_grid
-from mnistgan.sampling import (class_rows_inputs, draw_inputs, fixed_inputs, generate, grid_columns,
-                               refresh_batchnorm_statistics)
+from mnistgan.sampling import (class_rows_inputs, draw_inputs, fixed_inputs, generate, grid_columns, lerp, morph_inputs,
+                               refresh_batchnorm_statistics, slerp, walk_inputs)
 
 from conftest import TINY_DCGAN, TINY_MLP
 
@@ -189,3 +191,80 @@ def test_draw_inputs_without_a_generator_draws_from_the_training_stream():
     torch.manual_seed(3)
     assert torch.equal(torch.randn(1000, model.latent_dim), z) and torch.equal(torch.randint(0, 10, (1000,)), labels)
     assert torch.bincount(labels, minlength=10).min() > 60  # every class, about 100 each (sd ~9.5)
+
+
+# -- latent walks ----------------------------------------------------------------------------------
+
+
+def unit(vector):
+    return vector / vector.norm(dim=-1, keepdim=True)
+
+
+def test_slerp_starts_and_ends_at_its_ends_and_keeps_unit_vectors_on_the_sphere():
+    source = torch.Generator().manual_seed(0)
+    start, end = unit(torch.randn(5, 100, generator=source)), unit(torch.randn(5, 100, generator=source))
+    t = torch.linspace(0, 1, 11).view(11, 1, 1)  # (11 steps, 5 pairs, 100)
+    path = slerp(start, end, t)
+    torch.testing.assert_close(path[0], start)
+    torch.testing.assert_close(path[-1], end)
+    torch.testing.assert_close(path.norm(dim=-1), torch.ones(11, 5))  # lerp's midpoint would have norm ~0.71
+    # Equal steps along the arc: each step turns by the same angle.
+    turns = torch.acos((path[1:] * path[:-1]).sum(-1).clamp(-1, 1))
+    torch.testing.assert_close(turns, turns[:1].expand_as(turns), atol=1e-4, rtol=0)
+
+
+def test_slerp_halfway_between_orthogonal_vectors_is_their_bisector():
+    start, end = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    torch.testing.assert_close(slerp(start, end, 0.5), torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+    torch.testing.assert_close(slerp(start, end, 1 / 3), torch.tensor([math.cos(math.pi / 6), 0.5, 0.0]))
+
+
+def test_slerp_of_nearly_parallel_or_opposite_vectors_is_lerp():
+    t = torch.linspace(0, 1, 5).unsqueeze(1)
+    for start, end in [(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 1e-5])),  # nearly parallel: the arc's 1/sin would blow up
+                       (torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1e-5])),  # nearly opposite: no single arc
+                       (torch.tensor([3.0, 4.0]), torch.tensor([3.0, 4.0]))]:  # the same vector
+        path = slerp(start, end, t)
+        assert torch.isfinite(path).all()
+        assert torch.equal(path, lerp(start, end, t))
+
+
+def test_lerp_is_the_straight_line():
+    start, end = torch.tensor([1.0, -1.0]), torch.tensor([3.0, 1.0])
+    assert torch.equal(lerp(start, end, torch.tensor([[0.0], [0.5], [1.0]])), torch.tensor([[1.0, -1.0], [2.0, 0.0], [3.0, 1.0]]))
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_walk_inputs_go_from_one_draw_to_another_by_the_distributions_path(distribution):
+    model = load_preset("mlp-gan").replace({"model.latent_distribution": distribution}).model
+    z = walk_inputs(model, 3, 6, torch.Generator().manual_seed(4))
+    assert z.shape == (3 * 6, model.latent_dim)
+    walks = z.view(3, 6, model.latent_dim)
+    # The ends are two draws from the seed: all the rows' starts, then all their ends.
+    expected = draw_inputs(model, 6, "cpu", torch.Generator().manual_seed(4))[0]
+    torch.testing.assert_close(walks[:, 0], expected[:3])
+    torch.testing.assert_close(walks[:, -1], expected[3:])
+    middle = walks[:, 3]
+    blend = slerp if distribution == "normal" else lerp
+    torch.testing.assert_close(middle, blend(expected[:3], expected[3:], 3 / 5))
+    if distribution == "uniform":  # inside the cube the noise was drawn from
+        assert walks.abs().max() <= 1
+    else:  # on the shell of Gaussian draws, not inside it as lerp's middle would be
+        assert middle.norm(dim=1).min() > 0.9 * math.sqrt(model.latent_dim)
+    assert torch.equal(walk_inputs(model, 3, 6, torch.Generator().manual_seed(4)), z)
+
+
+def test_morph_inputs_hold_the_noise_and_move_the_label_embedding_between_two_classes():
+    model = load_preset("mlp-gan").replace({**TINY_MLP, "model.conditional": True}).model
+    torch.manual_seed(0)
+    network = build_generator(model)
+    z, embeddings = morph_inputs(network, model, 2, 5, (3, 8), torch.Generator().manual_seed(1))
+    assert z.shape == (10, model.latent_dim) and embeddings.shape == (10, model.embedding_dim)
+    rows = z.view(2, 5, -1)
+    assert torch.equal(rows, rows[:, :1].expand_as(rows))  # one noise per row
+    table = network.label_input.embedding.weight.detach()
+    torch.testing.assert_close(embeddings.view(2, 5, -1)[:, 0], table[[3, 3]])
+    torch.testing.assert_close(embeddings.view(2, 5, -1)[:, -1], table[[8, 8]])
+    # The generator takes looked-up embeddings in place of labels: a class's own embedding draws that class.
+    images = generate(network, z[::5], embeddings[::5])
+    torch.testing.assert_close(images, generate(network, z[::5], torch.tensor([3, 3])))

@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import signal
 
@@ -15,7 +16,7 @@ from mnistgan.checkpoint import load_checkpoint
 from mnistgan.errors import UserError
 from mnistgan.step import STAT_COLUMNS
 
-from conftest import TINY, TINY_DCGAN, TINY_MLP
+from conftest import TINY, TINY_DCGAN, TINY_MLP, interrupt_after_steps
 
 
 def weights_of(run_dir):
@@ -57,19 +58,10 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
     settings = {**TINY_DCGAN, "train.epochs": 2, "train.ema_decay": 0.9}
     mnistgan.train("keras-dcgan", overrides=settings, out=tmp_path / "straight")
 
-    original_run, calls = step_module.StepRunner.run, []
-
-    def run_then_interrupt(self, remaining):
-        ran = original_run(self, remaining)
-        calls.append(ran)
-        if len(calls) == 11:  # in the second epoch (8 steps per epoch)
-            os.kill(os.getpid(), signal.SIGINT)
-        return ran
-
-    monkeypatch.setattr(step_module.StepRunner, "run", run_then_interrupt)
+    interrupt_after_steps(monkeypatch, 11)  # in the second epoch (8 steps per epoch)
     with pytest.raises(train_module.TrainingInterrupted, match="interrupted at epoch 2, step 3; checkpoint saved"):
         mnistgan.train("keras-dcgan", overrides=settings, out=tmp_path / "interrupted")
-    monkeypatch.setattr(step_module.StepRunner, "run", original_run)
+    monkeypatch.undo()
     state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 3)
 
@@ -294,6 +286,80 @@ def test_evaluation_during_a_conditional_run_records_its_accuracy(tmp_path):
     assert 0 <= float(row["conditional_accuracy"]) <= 1
 
 
+# -- the final evaluation: every finished run knows its quality ---------------------------------------
+
+FINAL = {**TINY_MLP, "train.final_eval_samples": 100}  # 10,000 is the convention; 100 keeps these runs short
+
+
+def test_a_finished_run_is_scored_beside_the_real_data(tmp_path, capsys):
+    run = mnistgan.train("vanilla-gan", overrides={**FINAL, "train.ema_decay": 0.9}, out=tmp_path / "run")
+    scores = run.metrics
+    assert (scores["n"], scores["epoch"], scores["reference"]) == (100, 1, "test")
+    assert scores["weights"] == str(run.dir / "generator.safetensors")
+    assert scores["real_floor"]["n"] == 100 and 0 < scores["real_floor"]["fd"] < scores["fd"]
+    # The generator file's (EMA) weights on the same noise as `mnistgan evaluate --run RUN --n 100 --seed 1`.
+    assert run.evaluate(n=100, seed=1, device="cpu", save=False)["fd"] == pytest.approx(scores["fd"], rel=1e-6)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final evaluation")]
+    assert line.startswith("final evaluation of the EMA generator on 100 samples (real data's in brackets): ")
+    assert f"fd {scores['fd']:.4g} ({scores['real_floor']['fd']:.4g})" in line
+    report = (run.dir / "report.html").read_text()
+    assert "100 samples against the test set" in report and "Stale" not in report
+
+
+def test_the_final_evaluation_leaves_training_and_resume_exact(tmp_path):
+    settings = {**FINAL, "train.epochs": 2}
+    mnistgan.train("vanilla-gan", overrides={**settings, "train.final_eval_samples": 0}, out=tmp_path / "unscored")
+    scored = mnistgan.train("vanilla-gan", overrides=settings, out=tmp_path / "scored")
+    mnistgan.train("vanilla-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")  # scored after epoch 1 too
+    resumed = mnistgan.train(resume=tmp_path / "resumed", epochs=2)
+    for other in ("unscored", "resumed"):
+        assert_bitwise_equal(weights_of(tmp_path / "scored"), weights_of(tmp_path / other))
+        assert (tmp_path / "scored" / "losses.csv").read_text() == (tmp_path / other / "losses.csv").read_text()
+    assert resumed.metrics == {**scored.metrics, "weights": str(resumed.dir / "generator.safetensors")}
+
+
+def test_the_last_epochs_evaluation_is_not_repeated_at_the_same_count(tmp_path, monkeypatch):
+    counts, score = [], train_module.RunOutputs._score
+    monkeypatch.setattr(train_module.RunOutputs, "_score", lambda self, samples: counts.append(samples) or score(self, samples))
+    run = mnistgan.train("vanilla-gan", overrides={**FINAL, "train.eval_every": 1, "train.eval_samples": 100}, out=tmp_path / "run")
+    assert counts == [100]  # epoch 1's evaluation is the final one
+    with open(run.dir / "metrics.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["fd"]) == pytest.approx(run.metrics["fd"], rel=1e-5)
+
+
+def test_a_stopped_run_is_scored_only_once_it_finishes(tmp_path, monkeypatch):
+    interrupt_after_steps(monkeypatch, 3)
+    run = tmp_path / "run"
+    with pytest.raises(train_module.TrainingInterrupted, match="interrupted at epoch 1, step 3"):
+        mnistgan.train("vanilla-gan", overrides=FINAL, out=run)
+    monkeypatch.undo()
+    assert not (run / "metrics.json").exists()
+    mnistgan.train(resume=run)
+    scores = json.loads((run / "metrics.json").read_text())
+    # Killed while scoring: resuming the finished run rewrites its final outputs and scores it again, the same.
+    (run / "metrics.json").unlink()
+    mnistgan.train(resume=run)
+    assert json.loads((run / "metrics.json").read_text()) == scores
+    assert "Stale" not in (run / "report.html").read_text()  # newer than the generator file it rewrote
+
+
+def test_own_images_without_an_evaluator_finish_with_one_line_saying_why(tmp_path, capsys):
+    np.save(tmp_path / "own.npy", np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8))
+    dataset = f"folder:{tmp_path / 'own.npy'}"
+    run = mnistgan.train("vanilla-gan", overrides={**FINAL, "data.dataset": dataset, "train.subset": 64}, out=tmp_path / "run")
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "final evaluation" in line]
+    assert line.startswith(f"no final evaluation: {dataset} has no evaluator yet; make one with `mnistgan train-evaluator")
+    assert f"`mnistgan evaluate --run {run.dir}`" in line
+    assert not (run.dir / "metrics.json").exists()
+
+
+def test_a_final_evaluation_of_too_few_samples_is_refused(tmp_path):
+    settings = {key: value for key, value in TINY_MLP.items() if key != "train.final_eval_samples"}
+    with pytest.raises(UserError, match=r"train.final_eval_samples = 50 is too few to score; use at least 100 .*or 0 for no"):
+        mnistgan.train("vanilla-gan", overrides=settings, final_eval_samples=50, out=tmp_path / "run")
+
+
 def test_a_run_written_before_feature_order_existed_samples_and_resumes_as_it_trained(tmp_path):
     """Its config.toml lacks model.feature_order: sampling and resuming must read it as "chw"."""
     settings = {**TINY_DCGAN, "model.feature_order": "chw"}
@@ -489,6 +555,7 @@ def test_random_kills_never_corrupt_a_run_and_it_resumes_to_the_uninterrupted_re
     from mnistgan.config import load_toml
 
     settings = ["--subset", "256", "--batch-size", "32", "--epochs", "6", "--device", "cpu", "--no-progress",
+                "--final-eval-samples", "0",
                 "--set=performance.threads=2", "--set=performance.precision=fp32", "--set=train.checkpoint_minutes=0", "--set=model.generator_widths=[32, 64]",
                 "--set=model.discriminator_widths=[64, 32]"]
     start = [sys.executable, "-m", "mnistgan", "train", "--preset", "vanilla-gan", *settings]

@@ -3,13 +3,14 @@
     import mnistgan
     run = mnistgan.train("tf-dcgan-tutorial", epochs=5)
     run.grid(16)
+    mnistgan.pretrained("NAME").grid(16)   # a generator that ships with mnistgan (`mnistgan pretrained`)
 """
 
 __version__ = "0.1.0"
 
 from .errors import UserError  # noqa: E402
 
-__all__ = ["Run", "UserError", "evaluate_real", "evaluate_samples", "load", "resolve_config", "train"]
+__all__ = ["Run", "UserError", "evaluate_real", "evaluate_samples", "load", "pretrained", "resolve_config", "train"]
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@
     images = run.sample(1000)    # tensor (1000, 1, 28, 28) in [-1, 1]
     run.losses["g_loss"]         # numpy columns of losses.csv
     run.evaluate()               # FD, KID, precision/recall, density/coverage, digits covered...
+    run.interpolate(rows=8)      # latent walks, (8 * 10, 1, 28, 28)
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from .models import build_generator
 from .plots import image_grid
 from .report import refresh_report
 from .rundir import RunDirClaim, lock_for_resume, read_csv_columns, require_run_dir
-from .sampling import CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, sample_latent
+from .sampling import CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, morph_inputs, sample_latent, walk_inputs
 from .training import train as run_training
+from . import zoo
 
 
 def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[str] | None = None, *,
@@ -46,8 +48,8 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[s
     """A preset's config with overrides applied: ``{"section.key": value}`` or ``["section.key=value"]``.
 
     ``preset`` names a shipped preset; ``preset_file`` is a TOML file of the user's own instead.
-    ``shortcuts`` are the common settings of ``config.SHORTCUTS``: epochs, batch_size, lr (both
-    networks), seed, subset, eval_every, conditional, device.
+    ``shortcuts`` are the common settings of ``config.SHORTCUTS`` (epochs, batch_size, lr for both
+    networks, seed, ...; ``mnistgan train --help`` lists them).
     """
     if preset_file is not None:
         if preset is not None:
@@ -72,7 +74,7 @@ def train(preset: str | None = None, *, preset_file: str | Path | None = None, o
     """Train a preset (default: the recommended one) and return the finished :class:`Run`.
 
     ``shortcuts`` are the common settings (``config.SHORTCUTS``): ``epochs``, ``batch_size``, ``lr``,
-    ``seed``, ``subset``, ``eval_every``, ``conditional``, ``device``. ``out`` is the run directory
+    ``seed``, ``final_eval_samples``, ``tensorboard``, ... ``out`` is the run directory
     (default: a new numbered folder under ``runs/``). With ``resume=RUN_DIR`` training continues
     that run to ``epochs`` epochs in total; only ``epochs`` and ``device`` may change then. Ctrl-C
     stops after saving a checkpoint.
@@ -138,6 +140,18 @@ def evaluate_real(n: int | None = None, device: str = "auto", dataset: str = "mn
 def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> "Run":
     """Open a finished or interrupted run for sampling and evaluation."""
     return Run(run_dir, checkpoint)
+
+
+def pretrained(name: str) -> "Run":
+    """A generator that ships with mnistgan (``mnistgan pretrained`` lists them), its file checked first."""
+    run = Run(None, zoo.verified_path(name))
+    _ = run.generator  # loaded now, so that run.config is there at once
+    return run
+
+
+def export_pretrained(run_dir: str | Path, out: str | Path, half: bool = True) -> zoo.Pretrained:
+    """Write run ``run_dir``'s generator as a file the zoo can ship (float16 with ``half``); its registry entry."""
+    return zoo.export(Run(run_dir), out, half)
 
 
 class Run:
@@ -218,22 +232,61 @@ class Run:
                             f"{available / 2**30:.1f} GiB available; ask for fewer ({option('n')})")
 
     def _labels(self, n: int, digit: int | None, seed: int) -> torch.Tensor | None:
+        if digit is not None:
+            return torch.full((n,), self._require_class(digit), dtype=torch.long)
         if not self.config.model.conditional:
-            if digit is not None:
-                raise UserError(f"{option('digit')} needs a conditional run (train with {option('conditional')})")
             return None
-        classes = self.config.model.num_classes
-        if digit is None:  # a conditional run asked for no class: an even mix, in a seeded order
-            return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)) % classes
-        if not 0 <= digit < classes:
-            raise UserError(f"{option('digit')} must be a class 0-{classes - 1} or 'all'; got {digit}")
-        return torch.full((n,), digit, dtype=torch.long)
+        # a conditional run asked for no class: an even mix, in a seeded order
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)) % self.config.model.num_classes
+
+    def _require_class(self, digit: int, name: str = "digit") -> int:
+        """``digit`` if it is one of a conditional run's classes, else the error that says why not."""
+        model = self.config.model
+        if not model.conditional:
+            raise UserError(f"{option(name)} needs a conditional run (train with {option('conditional')})")
+        if not 0 <= digit < model.num_classes:
+            raise UserError(f"{option(name)} must be a class 0-{model.num_classes - 1}; got {digit}")
+        return digit
 
     def sample_digits(self, per_digit: int = CONDITIONAL_GRID_COLUMNS, seed: int = 0) -> torch.Tensor:
         """A conditional run's samples ordered digit by digit: (10 * per_digit, 1, 28, 28), the same noise per column."""
+        network = self.generator  # loads the config too, for a run opened from a generator file
         if not self.config.model.conditional:
             raise UserError(f"{option('digit')} all needs a conditional run (train with {option('conditional')})")
-        return generate(self.generator, *class_rows_inputs(self.config.model, per_digit, torch.Generator().manual_seed(seed)))
+        return generate(network, *class_rows_inputs(self.config.model, per_digit, torch.Generator().manual_seed(seed)))
+
+    def interpolate(self, rows: int = 8, steps: int = 10, seed: int = 0, digit: int | None = None,
+                    morph: tuple[int, int] | None = None, device: str = "cpu") -> torch.Tensor:
+        """Latent walks: ``rows`` rows of ``steps`` images, float32 (rows * steps, C, 28, 28) row by row.
+
+        Each row walks from one noise draw to another (slerp for Gaussian noise, lerp for uniform); a
+        conditional run draws ``digit`` all along (default: row r draws class r). ``morph=(a, b)``
+        instead holds each row's noise and moves the label embedding from class a's to class b's.
+        """
+        if rows < 1:
+            raise UserError(f"{option('rows')} must be at least 1; got {rows}")
+        if steps < 2:
+            raise UserError(f"{option('steps')} must be at least 2, the walk's two ends; got {steps}")
+        network = self.generator.to(device)
+        model = self.config.model
+        self._require_memory_for(rows * steps)
+        generator = torch.Generator().manual_seed(seed)
+        if morph is not None:
+            if digit is not None:
+                raise UserError(f"give {option('digit')} or {option('morph')}, not both: a morph goes from one digit to another")
+            if len(morph) != 2:
+                raise UserError(f"{option('morph')} takes two classes, the first and the last; got {len(morph)}")
+            classes = (self._require_class(morph[0], "morph"), self._require_class(morph[1], "morph"))
+            z, labels = morph_inputs(network, model, rows, steps, classes, generator)
+        else:
+            z = walk_inputs(model, rows, steps, generator)
+            if digit is not None:
+                labels = torch.full((rows * steps,), self._require_class(digit), dtype=torch.long)
+            elif model.conditional:  # a walk per row, each at its own class
+                labels = (torch.arange(rows) % model.num_classes).repeat_interleave(steps)
+            else:
+                labels = None
+        return generate(network, z.to(device), None if labels is None else labels.to(device))
 
     def grid(self, n: int = 16, seed: int = 0, digit: int | str | None = None, scale: int = 2) -> Image.Image:
         """A PIL image of ``n`` samples (``digit="all"``: one row per digit, ``n`` per row)."""

@@ -41,6 +41,7 @@ def _int_at_least(minimum: int):
 
 
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
+PRETRAINED_HELP = "a generator that ships with mnistgan (see `mnistgan pretrained`)"
 
 
 def _digit(text: str) -> int | str:
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="plain lines instead of a progress bar")
 
     sample = commands.add_parser("sample", help="write samples of a trained generator as a PNG grid or a .npy array")
-    sample.add_argument("--run", metavar="RUN_DIR", help="run directory made by `mnistgan train`")
+    source = sample.add_mutually_exclusive_group()
+    source.add_argument("--run", metavar="RUN_DIR", help="run directory made by `mnistgan train`")
+    source.add_argument("--pretrained", metavar="NAME", help=PRETRAINED_HELP)
     sample.add_argument("--checkpoint", metavar="FILE", help="a checkpoint (.pt) or generator (.safetensors) file")
     sample.add_argument("--n", type=_positive_int, default=16, help="how many samples (with --digit all: per digit) (default: 16)")
     sample.add_argument("--out", metavar="FILE", default="samples.png", help=".png for a grid, .npy for float32 (N, 1, 28, 28) in [-1, 1] (default: samples.png)")
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "evaluator of the dataset (Stacked MNIST: modes covered and reverse KL).")
     source = evaluate.add_mutually_exclusive_group()
     source.add_argument("--run", metavar="RUN_DIR", help="run directory; writes metrics.json into it")
+    source.add_argument("--pretrained", metavar="NAME", help=PRETRAINED_HELP)
     source.add_argument("--samples", metavar="FILE", help=".npy array (N,28,28 / N,1,28,28 / N,784; [-1,1], [0,1] or uint8) or a folder of PNGs")
     source.add_argument("--real", action="store_true", help="the real-data floor: N training images against the test set")
     evaluate.add_argument("--checkpoint", metavar="FILE", help="with --run or alone: these weights instead of the run's")
@@ -106,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reference", choices=("test", "train"), default="test", help="real images to compare with (default: test)")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print JSON only")
+
+    interpolate = commands.add_parser("interpolate", help="latent walks: rows of images that move from one noise draw (or digit) to another",
+                                      description="Each row walks in --steps steps from one noise draw to another (slerp for "
+                                                  "Gaussian noise, lerp for uniform). A conditional generator walks at one "
+                                                  "--digit (default: row r draws digit r), or --morph A B holds the noise and "
+                                                  "moves the digit from A to B.")
+    source = interpolate.add_mutually_exclusive_group()
+    source.add_argument("--run", metavar="RUN_DIR", help="run directory made by `mnistgan train`")
+    source.add_argument("--pretrained", metavar="NAME", help=PRETRAINED_HELP)
+    interpolate.add_argument("--checkpoint", metavar="FILE", help="a checkpoint (.pt) or generator (.safetensors) file")
+    interpolate.add_argument("--rows", type=_positive_int, default=8, help="walks, one per row (default: 8)")
+    interpolate.add_argument("--steps", type=_int_at_least(2), default=10, help="images along each walk, both ends included (default: 10)")
+    interpolate.add_argument("--out", metavar="FILE", default="walk.png", help=".png for a grid of rows x steps, .gif for one frame "
+                                                                               "per step, there and back (default: walk.png)")
+    interpolate.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    interpolate.add_argument("--digit", type=_non_negative_int, help="conditional generators: the digit every walk draws")
+    interpolate.add_argument("--morph", type=_non_negative_int, nargs=2, metavar=("FROM", "TO"),
+                             help="conditional generators: fixed noise, the digit changing from FROM to TO")
 
     train_evaluator = commands.add_parser("train-evaluator", help="train the evaluator of a dataset (or reproduce a shipped one)",
                                           description="Train the metrics' classifier of a labelled dataset with the recipe in "
@@ -128,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = commands.add_parser("presets", help="list the presets, or show one's full config")
     presets.add_argument("--show", metavar="NAME", help="print this preset's full resolved config as TOML")
+
+    pretrained = commands.add_parser("pretrained", help="list the pretrained generators that ship with mnistgan",
+                                     description="List the pretrained generators (sample, interpolate and evaluate take "
+                                                 "--pretrained NAME); --export writes a run's generator as such a file.")
+    pretrained.add_argument("--export", metavar="RUN_DIR", help="write this run's generator to --out and print its registry entry")
+    pretrained.add_argument("--out", metavar="FILE", help="with --export: the file to write, NAME.safetensors")
+    pretrained.add_argument("--half", action=argparse.BooleanOptionalAction, default=True,
+                            help="with --export: store the weights in float16, half the size (default: on)")
     return parser
 
 
@@ -212,21 +242,37 @@ def _train(args) -> int:
     return 0
 
 
+def _open_generator(args):
+    """The generator a command works on: a run's (or a checkpoint file's), or a pretrained one."""
+    from . import api
+
+    if args.pretrained is not None:
+        if args.checkpoint is not None:
+            raise UserError("give --pretrained NAME or --checkpoint FILE, not both")
+        return api.pretrained(args.pretrained)
+    if args.run is None and args.checkpoint is None:
+        raise UserError("give --run RUN_DIR, --checkpoint FILE or --pretrained NAME")
+    return api.load(args.run, args.checkpoint)
+
+
+def _output_file(text: str, kinds: dict[str, str]) -> Path:
+    """--out checked before any work is done: one of ``kinds``' suffixes, in a folder that exists."""
+    out = Path(text)
+    if out.suffix not in kinds:
+        raise UserError(f"--out {out} must end in " + " or ".join(f"{suffix} ({what})" for suffix, what in kinds.items()))
+    if not out.parent.exists():
+        raise UserError(f"--out: the folder {out.parent} does not exist")
+    return out
+
+
 def _sample(args) -> int:
     import numpy as np
 
-    from . import api
     from .files import write_bytes_atomically
     from .plots import image_grid, save_image
 
-    if args.run is None and args.checkpoint is None:
-        raise UserError("give --run RUN_DIR or --checkpoint FILE")
-    out = Path(args.out)
-    if out.suffix not in (".png", ".npy"):
-        raise UserError(f"--out {out} must end in .png (a grid) or .npy (the raw samples)")
-    if not out.parent.exists():
-        raise UserError(f"--out: the folder {out.parent} does not exist")
-    run = api.load(args.run, args.checkpoint)
+    out = _output_file(args.out, {".png": "a grid", ".npy": "the raw samples"})
+    run = _open_generator(args)
     if args.digit == "all":
         images = run.sample_digits(args.n, args.seed)
         columns = args.n
@@ -246,6 +292,25 @@ def _sample(args) -> int:
     return 0
 
 
+def _interpolate(args) -> int:
+    from .imagefiles import save_animation
+    from .plots import image_grid, save_image
+
+    out = _output_file(args.out, {".png": "a grid of rows x steps", ".gif": "an animation, one frame per step"})
+    images = _open_generator(args).interpolate(args.rows, args.steps, args.seed, args.digit, args.morph)
+    try:
+        if out.suffix == ".png":
+            save_image(image_grid(images, columns=args.steps, scale=2), out)
+        else:
+            steps = images.view(args.rows, args.steps, *images.shape[1:]).transpose(0, 1)  # (steps, rows, C, 28, 28)
+            frames = [image_grid(step, scale=2) for step in steps]
+            save_animation(frames + frames[-2:0:-1], out)  # there and back: the loop has no jump
+    except OSError as error:
+        raise UserError(f"cannot write {out} ({error.strerror or error})") from None
+    print(f"wrote {args.rows} walks of {args.steps} steps to {out}")
+    return 0
+
+
 def _evaluate(args) -> int:
     import json
 
@@ -259,15 +324,15 @@ def _evaluate(args) -> int:
     elif args.samples:
         result = api.evaluate_samples(args.samples, args.device, dataset)
         floor = None if args.json else api.evaluate_real(result["n"], args.device, dataset)
-    elif args.run or args.checkpoint:
-        run = api.load(args.run, args.checkpoint)
+    elif args.run or args.checkpoint or args.pretrained:
+        run = _open_generator(args)
         if args.dataset is not None and args.dataset != run.config.data.dataset:
             raise UserError(f"this run trained on {run.config.data.dataset}; leave out --dataset (a run is scored on its own)")
         result = run.evaluate(args.n, args.seed, args.device, args.reference)
         floor = (None if args.json or args.reference != "test"
                  else api.evaluate_real(result["n"], args.device, run.config.data.dataset))
     else:
-        raise UserError("give --run RUN_DIR, --checkpoint FILE, --samples FILE or --real")
+        raise UserError("give --run RUN_DIR, --checkpoint FILE, --pretrained NAME, --samples FILE or --real")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -340,6 +405,34 @@ def _presets(args) -> int:
     return 0
 
 
+def _pretrained(args) -> int:
+    from . import api, zoo
+
+    if args.export is not None:
+        if args.out is None:
+            raise UserError("--export needs --out FILE, the file to write (NAME.safetensors)")
+        out, written = Path(args.out), api.export_pretrained(args.export, args.out, half=args.half)
+        print(f"wrote {out} ({_megabytes(out.stat().st_size)})")
+        print(f"sha256 {written.sha256}")
+        print("to ship it: copy it into src/mnistgan/zoo/ and add this entry to REGISTRY in src/mnistgan/zoo.py")
+        print(f"    {out.stem!r}: {written!r},")
+        return 0
+    if args.out is not None:
+        raise UserError("--out goes with --export RUN_DIR")
+    if not zoo.REGISTRY:
+        print("no pretrained generators ship with this version of mnistgan; train one with `mnistgan train`")
+        return 0
+    width = max(map(len, zoo.REGISTRY))
+    for name, entry in zoo.REGISTRY.items():
+        size = _megabytes(entry.path.stat().st_size) if entry.path.is_file() else "not installed"
+        print(f"{name:<{width}}  {size:>13}  {entry.description}  ({entry.card})")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 def _datasets(args) -> int:
     from .datasets import describe
 
@@ -350,8 +443,8 @@ def _datasets(args) -> int:
     return 0
 
 
-COMMANDS = {"datasets": _datasets, "train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report, "train-evaluator": _train_evaluator,
-            "presets": _presets}
+COMMANDS = {"datasets": _datasets, "train": _train, "sample": _sample, "interpolate": _interpolate, "evaluate": _evaluate,
+            "report": _report, "train-evaluator": _train_evaluator, "presets": _presets, "pretrained": _pretrained}
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "recommended"
+MIN_SCORED_SAMPLES = 100  # the fewest samples an evaluation scores: fewer leave its k-NN and covariance estimates noise
 
 # The common settings, one table for the CLI's flags (--batch-size) and the API's keyword arguments
 # (batch_size=): name -> (the config keys it sets, help).
@@ -35,6 +36,8 @@ SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "seed": (("train.seed",), "seeds the networks, the noise and the data order"),
     "subset": (("train.subset",), "train on the first N images"),
     "eval_every": (("train.eval_every",), "evaluate every K epochs (0 = off)"),
+    "final_eval_samples": (("train.final_eval_samples",), "score the finished generator on N samples (default 10000; 0 = off)"),
+    "tensorboard": (("train.tensorboard",), "also log curves, quality and grids for TensorBoard in RUN/tensorboard/"),
     "conditional": (("model.conditional",), "class-conditional G and D"),
     "device": (("performance.device",), "auto (default), cpu, cuda or cuda:N"),
     "dataset": (("data.dataset",), "mnist (default), fashion-mnist, stacked-mnist or folder:PATH (see `mnistgan datasets`)"),
@@ -132,7 +135,11 @@ class TrainConfig:
     stop_on_breakdown: bool = False  # stop when an epoch shows the GAN has broken down (losses.breakdown)
     log_every: int = field(default=10, metadata=_range(1))  # steps averaged into one row of losses.csv
     eval_every: int = field(default=0, metadata=_range(0))  # epochs between evaluations, 0 = off
-    eval_samples: int = field(default=2000, metadata=_range(100, 100_000))  # samples per evaluation
+    eval_samples: int = field(default=2000, metadata=_range(MIN_SCORED_SAMPLES, 100_000))  # samples per evaluation
+    # samples the finished generator is scored on, beside the real data's numbers (metrics.json), 0 = off;
+    # 10,000 is the convention the metrics are compared at (Stacked MNIST's papers use 26,000)
+    final_eval_samples: int = field(default=10_000, metadata=_range(0, 100_000))
+    tensorboard: bool = False  # also log for TensorBoard into RUN/tensorboard/ (pip install "mnistgan[tensorboard]")
 
 
 @dataclass
@@ -291,6 +298,9 @@ def _check_consistency(config: Config) -> None:
         if train.batch_size % model.pack:
             raise UserError(f"train.batch_size {train.batch_size} must be a multiple of model.pack {model.pack}: "
                             "D scores the batch in packs")
+    if 0 < train.final_eval_samples < MIN_SCORED_SAMPLES:
+        raise UserError(f"train.final_eval_samples = {train.final_eval_samples} is too few to score; use at least "
+                        f"{MIN_SCORED_SAMPLES} (10000 is the convention), or 0 for no final evaluation")
     if train.update == "simultaneous" and train.d_steps != 1:
         raise UserError("train.d_steps > 1 needs train.update = 'alternating'")
     if config.loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:

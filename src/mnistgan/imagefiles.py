@@ -1,5 +1,5 @@
-"""Image files and arrays: samples made by any tool (``mnistgan evaluate --samples FILE``), and the
-header checks that your own images (``folder.py``) share.
+"""Image files and arrays: samples made by any tool (``mnistgan evaluate --samples FILE``), the
+header checks that your own images (``folder.py``) share, and animations written from pictures.
 
 Accepted:
   * a ``.npy`` array of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), holding either
@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .data import IMAGE_SIZE
 from .errors import UserError
+from .files import write_atomically
 
 RANGE_TOLERANCE = 1e-3  # floats may overshoot their range by this much (rounding); they are clipped
 ACCEPTED_SHAPES = "(N, 28, 28), (N, 1, 28, 28) or (N, 784)"
@@ -242,3 +243,10 @@ def _read_png(file: Path) -> np.ndarray:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, zlib.error) as error:
         # truncated, damaged, not an image, or a compressed chunk Pillow will not inflate
         raise UserError(f"{file} is not a readable PNG image ({first_line(error)}); replace or remove it") from None
+
+
+def save_animation(frames: list[Image.Image], path: str | os.PathLike, milliseconds_per_frame: int | list[int] = 100) -> None:
+    """``frames`` as one GIF that loops forever, written atomically (a reader never sees half of it);
+    ``milliseconds_per_frame``: one duration for all, or one per frame."""
+    write_atomically(path, lambda temp: frames[0].save(temp, format="GIF", save_all=True, append_images=frames[1:],
+                                                       duration=milliseconds_per_frame, loop=0))

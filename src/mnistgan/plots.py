@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from .files import write_atomically
+from .imagefiles import save_animation
 
 
 def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
@@ -40,9 +41,7 @@ def save_gif(frames: list[Path], path: Path, milliseconds_per_frame: int = 200) 
     if not frames:
         return
     images = [Image.open(frame).convert("L") for frame in frames]
-    durations = [milliseconds_per_frame] * (len(images) - 1) + [2000]
-    write_atomically(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                      duration=durations, loop=0))
+    save_animation(images, path, [milliseconds_per_frame] * (len(images) - 1) + [2000])
 
 
 def _figure():

@@ -90,7 +90,8 @@ def render_report(paths: RunPaths) -> str:
         parts.append(f"<p>Measured during training only (the curve above, on {config.train.eval_samples} samples); "
                      f"{command} measures the final generator on 10,000 and adds the numbers here.</p>")
     else:
-        parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here.</p>")
+        parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here (a run that finishes "
+                     "scores itself unless train.final_eval_samples = 0).</p>")
     parts += ["<h2>Config</h2>", _config(paths.config.read_text())]
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -138,17 +139,22 @@ def _first_breakdown(kind: str, losses: dict) -> str | None:
 
 
 def _quality(result: dict, paths: RunPaths, command: str) -> str:
-    rows = [(key_info.label, _number(result[key]), f"{key_info.better} is better")
-            for key, key_info in METRIC_KEYS.items() if key_info.label and key in result]
+    # The real data's numbers beside each (training's final evaluation stores them): the best a generator can reach.
+    floor = result.get("real_floor") if isinstance(result.get("real_floor"), dict) else {}
+    rows = [(key_info.label, _number(result[key]), *([_number(floor[key]) if key in floor else ""] if floor else []),
+             f"{key_info.better} is better") for key, key_info in METRIC_KEYS.items() if key_info.label and key in result]
+    if floor:
+        rows.insert(0, ("", "this run", "real data", ""))
     weights = Path(str(result.get("weights", "")))
+    when = f" (the generator after epoch {result['epoch']})" if isinstance(result.get("epoch"), int) else ""
     where = (f"<p>{_text(str(result.get('n', '?')))} samples against the {_text(str(result.get('reference', 'test')))} set, "
-             f"weights from {_text(str(weights))}.</p>")
+             f"weights from {_text(str(weights))}{_text(when)}.</p>")
     if weights.is_file() and weights.stat().st_mtime > paths.metrics_json.stat().st_mtime:
         where += f"<p><strong>Stale:</strong> the run trained on after this evaluation; {command} measures it again.</p>"
     histogram = result.get("class_histogram")
     digits = ("<p>Share of each digit: " + ", ".join(f"{digit}: {_number(share, '.3f')}" for digit, share in enumerate(histogram))
               + "</p>" if isinstance(histogram, list) else "")
-    return where + _table(rows, numeric_column=1) + digits
+    return where + _table(rows, numeric_columns=(1, 2)) + digits
 
 
 def _read_losses(path: Path) -> dict:
@@ -163,8 +169,8 @@ def _number(value, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else _text(str(value))
 
 
-def _table(rows: list[tuple[str, ...]], numeric_column: int | None = None) -> str:
-    cells = "".join("<tr>" + "".join(f"<td class=\"number\">{_text(cell)}</td>" if index == numeric_column else
+def _table(rows: list[tuple[str, ...]], numeric_columns: tuple[int, ...] = ()) -> str:
+    cells = "".join("<tr>" + "".join(f"<td class=\"number\">{_text(cell)}</td>" if index in numeric_columns else
                                      (f"<th>{_text(cell)}</th>" if index == 0 else f"<td>{_text(cell)}</td>")
                                      for index, cell in enumerate(row)) + "</tr>" for row in rows)
     return f"<table>{cells}</table>"

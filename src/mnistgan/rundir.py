@@ -77,8 +77,12 @@ class RunPaths:
         return self.root / "metric_curves.png"
 
     @property
-    def metrics_json(self) -> Path:  # written by `mnistgan evaluate`
+    def metrics_json(self) -> Path:  # the final generator's quality: training's last evaluation, or `mnistgan evaluate`'s
         return self.root / "metrics.json"
+
+    @property
+    def tensorboard(self) -> Path:  # event files for TensorBoard (train.tensorboard)
+        return self.root / "tensorboard"
 
     @property
     def report(self) -> Path:  # one self-contained HTML page of all the above

@@ -1,5 +1,5 @@
-"""Drawing from a generator: noise and labels, ``generate``, the fixed-noise grid's inputs, and the
-BatchNorm refresh an EMA generator needs before it is sampled.
+"""Drawing from a generator: noise and labels, ``generate``, the fixed-noise grid's inputs, latent
+walks, and the BatchNorm refresh an EMA generator needs before it is sampled.
 
 Every sampler draws the noise first and the labels second, from one random stream: training's
 (on the device), or a seeded ``torch.Generator`` of its own (on the CPU, then moved), so that sampling
@@ -9,6 +9,7 @@ for grids, evaluation and the API never touches training's stream.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, ModelConfig
@@ -104,3 +105,58 @@ def refresh_batchnorm_statistics(network: nn.Module, config: Config, device: tor
     for module, momentum in zip(norms, momenta):
         module.momentum = momentum
     network.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent walks: a path of inputs from one image to another
+
+
+PARALLEL_SINE = 1e-3  # below this sine of the angle between two vectors, slerp is lerp to float32 precision
+
+
+def lerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """The straight line from ``start`` (t = 0) to ``end`` (t = 1); broadcasts like ``start + t * (end - start)``."""
+    return start + t * (end - start)
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985) along the last dimension: the great-circle arc from
+    ``start`` (t = 0) to ``end`` (t = 1), so unit vectors stay unit vectors all the way.
+
+    Gaussian noise lives on a thin shell of radius about sqrt(latent_dim): the straight line between
+    two draws cuts through its inside, where the generator never saw an input; the arc stays near
+    the shell (White 2016). Nearly parallel or opposite vectors leave the arc undefined: lerp then.
+    """
+    start_unit, end_unit = F.normalize(start, dim=-1), F.normalize(end, dim=-1)
+    # Kahan's form of the angle: accurate near 0 and pi too, where acos of the dot product is not.
+    angle = 2 * torch.atan2((start_unit - end_unit).norm(dim=-1, keepdim=True),
+                            (start_unit + end_unit).norm(dim=-1, keepdim=True))
+    sine = torch.sin(angle)
+    parallel = sine.abs() < PARALLEL_SINE
+    sine = torch.where(parallel, torch.ones_like(sine), sine)  # no division by ~0 on the lerp side
+    arc = (torch.sin((1 - t) * angle) * start + torch.sin(t * angle) * end) / sine
+    return torch.where(parallel, lerp(start, end, t), arc)
+
+
+def walk_inputs(model: ModelConfig, rows: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise for ``rows`` walks of ``steps`` points each, ends included: (rows * steps, latent_dim), row by row.
+
+    Each row goes from one noise draw to another: by slerp for Gaussian noise, by lerp for uniform
+    noise (the cube [-1, 1]^d is convex, so the straight line stays inside what training drew).
+    """
+    start, end = sample_latent(model, 2 * rows, "cpu", generator).split(rows)  # all the starts, then all the ends
+    t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
+    blend = slerp if model.latent_distribution == "normal" else lerp
+    return blend(start.unsqueeze(1), end.unsqueeze(1), t).reshape(rows * steps, model.latent_dim)  # (rows, steps, latent)
+
+
+def morph_inputs(network: nn.Module, model: ModelConfig, rows: int, steps: int, classes: tuple[int, int],
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conditional generator's inputs that morph class ``classes[0]`` into ``classes[1]``, row by row:
+    noise fixed along each row (rows * steps, latent_dim), and label embeddings (rows * steps, embedding_dim)
+    on the straight line between the two classes' embeddings (learned points, not draws from a shell).
+    """
+    z = sample_latent(model, rows, "cpu", generator).repeat_interleave(steps, dim=0)
+    table = network.label_input.embedding.weight.detach().float().cpu()  # (num_classes, embedding_dim)
+    t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
+    return z, lerp(table[classes[0]], table[classes[1]], t).repeat(rows, 1)

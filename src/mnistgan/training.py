@@ -2,12 +2,14 @@
 
 ``train()`` reads top to bottom in stages: device and processes, the data on the device, the
 networks and their step (``step.py``), start or resume (``TrainingState``), the epochs, the
-end-of-epoch outputs (``RunOutputs``), and the stop (``StopControl``: Ctrl-C, SIGTERM, a closed
-output pipe, agreed on by every process under torchrun). The run folder's files are ``rundir``'s.
+end-of-epoch outputs (``RunOutputs``), the final evaluation of the finished generator, and the stop
+(``StopControl``: Ctrl-C, SIGTERM, a closed output pipe, agreed on by every process under torchrun).
+The run folder's files are ``rundir``'s.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -25,14 +27,16 @@ from .datasets import Dataset, load_dataset
 from .devices import choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
-from .metrics import evaluate_images
-from .metrics.evaluator import load_evaluator
-from .metrics.modes import evaluate_stacked
+from .files import write_text_atomically
+from .metrics import evaluate_images, evaluate_real
+from .metrics.evaluator import evaluator_splits, load_evaluator
+from .metrics.modes import evaluate_stacked, stacked_floor
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
 from .sampling import draw_inputs, fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
 from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, real_batches_per_step
+from .tensorboard_log import TensorBoardLog, require_tensorboard
 
 STOP_CHECK_STEPS = 50  # under torchrun, processes agree on a stop every this many steps (and at epoch ends)
 
@@ -108,7 +112,7 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     parts = build_training(config, device, data.images, data.labels, data.batch_size, data.steps_per_epoch,
                            precision, distributed)
     state = TrainingState(config, parts, device, precision)
-    outputs = RunOutputs(config, paths, parts, device)
+    outputs = RunOutputs(config, paths, parts, device, data.steps_per_epoch)
 
     # -- start or resume ------------------------------------------------------------------------------
     if checkpoint is not None:
@@ -119,55 +123,73 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     elif main_process:
         start_run(paths)
     already_complete = state.completed_epochs >= schedule.epochs
+    if main_process and schedule.tensorboard and not already_complete:
+        outputs.open_tensorboard(state.completed_epochs)
     stop.say(f"training {config.preset or 'a custom config'} on {device} ({precision}: {precision_reason}"
              f"{'; CUDA graphs' if parts.runner.use_graphs else ''}"
              f"{f'; {distributed.world_size} processes' if distributed.enabled else ''})"
              f": {data.count} images, {data.steps_per_epoch} steps of {schedule.batch_size} per epoch -> {paths.root}")
 
-    # -- the epochs: steps, then outputs; a stop request ends the loop at the next check --------------
-    with stop.handling_signals():
-        try:
-            for epoch in range(state.completed_epochs + 1, schedule.epochs + 1):
-                save_to = paths.last_checkpoint if main_process else None  # time-based checkpoints mid-epoch
-                epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process, save_to)
-                if not torch.isfinite(epoch_stats).all():
-                    raise UserError(diverged_message(epoch, paths))
-                state.completed_epochs, state.step_in_epoch = epoch, 0
-                broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist())
-                if broken and state.breakdown is None:
-                    state.breakdown = f"epoch {epoch}: {broken}"
-                stopping = bool(broken) and schedule.stop_on_breakdown
+    try:
+        # -- the epochs: steps, then outputs; a stop request ends the loop at the next check --------------
+        with stop.handling_signals():
+            try:
+                for epoch in range(state.completed_epochs + 1, schedule.epochs + 1):
+                    save_to = paths.last_checkpoint if main_process else None  # time-based checkpoints mid-epoch
+                    epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process,
+                                                                           save_to)
+                    if not torch.isfinite(epoch_stats).all():
+                        raise UserError(diverged_message(epoch, paths))
+                    state.completed_epochs, state.step_in_epoch = epoch, 0
+                    broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist())
+                    if broken and state.breakdown is None:
+                        state.breakdown = f"epoch {epoch}: {broken}"
+                    stopping = bool(broken) and schedule.stop_on_breakdown
+                    if main_process:
+                        outputs.end_of_epoch(epoch, epoch_stats, seconds, images_per_second, state, stop.say, broken, stopping)
+                    if stopping:
+                        raise UserError(f"training broke down at epoch {epoch}: {broken}; stopped (train.stop_on_breakdown) "
+                                        f"without checkpointing this epoch; {_last_checkpoint_words(paths)}; "
+                                        "lower the learning rates or change the loss")
+                    if epoch < schedule.epochs and stop.requested(None):
+                        raise StopRequested()
+            except (StopRequested, BrokenPipeError) as stopped:
+                if isinstance(stopped, BrokenPipeError):  # a closed pipe outside `say` (the progress bar's stderr, say)
+                    stop.pipe_closed(first=True)
                 if main_process:
-                    outputs.end_of_epoch(epoch, epoch_stats, seconds, images_per_second, state, stop.say, broken, stopping)
-                if stopping:
-                    raise UserError(f"training broke down at epoch {epoch}: {broken}; stopped (train.stop_on_breakdown) "
-                                    f"without checkpointing this epoch; {_last_checkpoint_words(paths)}; "
-                                    "lower the learning rates or change the loss")
-                if epoch < schedule.epochs and stop.requested(None):
-                    raise StopRequested()
-        except (StopRequested, BrokenPipeError) as stopped:
-            if isinstance(stopped, BrokenPipeError):  # a closed pipe outside `say` (the progress bar's stderr, say)
-                stop.pipe_closed(first=True)
-            if main_process:
-                state.save(paths.last_checkpoint)
-                outputs.finish()
-            raise stop.interrupted(state, paths) from None
+                    state.save(paths.last_checkpoint)
+                    outputs.finish()
+                raise stop.interrupted(state, paths) from None
 
-    # -- finish -----------------------------------------------------------------------------------------
-    if distributed.enabled:  # data parallelism must leave every process with the same networks
-        digest = distributed.check_replicas(parts.generator, parts.discriminator)
-        stop.say(f"all {distributed.world_size} processes hold identical weights (sha256 {digest[:16]})")
-    if already_complete and main_process:
-        # A run stopped after its last checkpoint but before its last outputs (killed then, say) gets
-        # them from that checkpoint: curves, GIF and generator file, as the uninterrupted run wrote them.
-        outputs.finish()
-    stop.say(f"done: {state.completed_epochs} epochs in {state.trained_seconds:.0f} s of training; "
-             f"samples, curves and weights in {paths.root}")
-    if state.breakdown:
-        stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
-                 "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
-    if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
-        raise TrainingInterrupted(f"stopped after the last epoch; the run in {paths.root} is complete", stop.signals[0])
+        # -- finish -----------------------------------------------------------------------------------------
+        if distributed.enabled:  # data parallelism must leave every process with the same networks
+            digest = distributed.check_replicas(parts.generator, parts.discriminator)
+            stop.say(f"all {distributed.world_size} processes hold identical weights (sha256 {digest[:16]})")
+        if already_complete and main_process:
+            # A run stopped after its last checkpoint but before its last outputs (killed then, say) gets
+            # them from that checkpoint: curves, GIF and generator file, as the uninterrupted run wrote them.
+            outputs.finish()
+
+        # -- the final evaluation: the finished generator's quality, unless a stop was asked for -----------
+        stopped_unscored = bool(stop.signals and schedule.final_eval_samples)
+        if main_process and not stop.signals:
+            try:
+                outputs.final_evaluation(state.completed_epochs, stop.say)
+            except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM) while scoring: training itself is complete
+                signum = getattr(interrupt, "exit_status", 128 + signal.SIGINT) - 128
+                raise TrainingInterrupted(f"stopped during the final evaluation; the run in {paths.root} is complete but "
+                                          f"not scored: `mnistgan train --resume {paths.root}` scores it", signum) from None
+        stop.say(f"done: {state.completed_epochs} epochs in {state.trained_seconds:.0f} s of training; "
+                 f"samples, curves and weights in {paths.root}")
+        if state.breakdown:
+            stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
+                     "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
+        if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
+            unscored = f", but not scored: `mnistgan train --resume {paths.root}` scores it" if stopped_unscored else ""
+            raise TrainingInterrupted(f"stopped after the last epoch; the run in {paths.root} is complete{unscored}",
+                                      stop.signals[0])
+    finally:
+        outputs.close()  # the TensorBoard log, however training ended
 
 
 def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop: "StopControl",
@@ -367,7 +389,8 @@ class TrainingState:
 
 # Config keys a resumed run may change: the schedule's length and outputs, and how it computes.
 RESUMABLE_KEYS = ("train.epochs", "train.sample_every", "train.checkpoint_every", "train.checkpoint_minutes",
-                  "train.eval_every", "train.eval_samples", "train.stop_on_breakdown", "performance.")
+                  "train.eval_every", "train.eval_samples", "train.final_eval_samples", "train.stop_on_breakdown",
+                  "train.tensorboard", "performance.")
 
 
 def _require_same_run(config: Config, trained: dict, path: Path) -> None:
@@ -387,24 +410,46 @@ def _require_same_run(config: Config, trained: dict, path: Path) -> None:
                                 f"trained with: restore that value in config.toml, or start a new run")
 
 
+# The numbers a run tracks, in order: metrics.csv's columns, the final evaluation's line, TensorBoard's
+# curves (the evaluator's metrics; Stacked MNIST's modes instead).
+TRACKED_METRICS = ("fd", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score",
+                   "conditional_accuracy")  # conditional runs: does asking for a 7 give a 7
+TRACKED_MODES = ("modes_covered", "reverse_kl", "channel_confidence")
+
+
 class RunOutputs:
     """What the first process writes into the run folder as training goes: the losses log and epoch
-    line, the fixed-noise grids, evaluations, checkpoints, curves, the GIF, the generator file."""
+    line, the fixed-noise grids, evaluations, checkpoints, curves, the GIF, the generator file, the
+    final evaluation, and (``train.tensorboard``) the TensorBoard log of all of them."""
 
-    def __init__(self, config: Config, paths: RunPaths, parts: TrainingParts, device: torch.device):
-        self.config, self.paths, self.device = config, paths, device
+    def __init__(self, config: Config, paths: RunPaths, parts: TrainingParts, device: torch.device, steps_per_epoch: int):
+        self.config, self.paths, self.device, self.steps_per_epoch = config, paths, device, steps_per_epoch
         self.sampler = parts.ema if parts.ema is not None else parts.generator  # what the grids and files show
         self.has_ema = parts.ema is not None
         self.fixed_noise, self.fixed_labels = fixed_inputs(config, device)
         self.title = f"{config.preset or 'custom config'}: {paths.root.name}"
         self.stacked = config.data.dataset == "stacked-mnist"
+        self.evaluation_seed = config.train.seed + 1  # every evaluation's noise: a stream of its own, never training's
+        self.last_evaluation: tuple[int, int, dict] | None = None  # (epoch, samples, result) of the latest evaluation
+        self.tensorboard: TensorBoardLog | None = None
         if config.train.eval_every and not self.stacked:
             load_evaluator(device, dataset=config.data.dataset)  # none for this dataset: say so now, not epochs later
+        if config.train.tensorboard:
+            require_tensorboard()
+
+    def open_tensorboard(self, completed_epochs: int) -> None:
+        """Log to TensorBoard from the first step after ``completed_epochs`` (where a resumed run restarts)."""
+        self.tensorboard = TensorBoardLog(self.paths.tensorboard, first_step=completed_epochs * self.steps_per_epoch + 1)
 
     def end_of_epoch(self, epoch: int, epoch_stats: torch.Tensor, seconds: float, images_per_second: float,
                      state: TrainingState, say, breakdown: str | None = None, stopping: bool = False) -> None:
-        schedule = self.config.train
-        append_csv(self.paths.losses, ("step", "epoch") + STAT_COLUMNS, loss_rows(epoch_stats, epoch, schedule.log_every))
+        schedule, step = self.config.train, epoch * self.steps_per_epoch
+        rows = loss_rows(epoch_stats, epoch, schedule.log_every)
+        append_csv(self.paths.losses, ("step", "epoch") + STAT_COLUMNS, rows)
+        if self.tensorboard:
+            for row in rows:
+                self.tensorboard.scalars("train", dict(zip(STAT_COLUMNS, map(float, row[2:]))), row[0])
+            self.tensorboard.scalars("train", {"images_per_second": images_per_second}, step)
         means = epoch_stats.mean(0).tolist()
         say(f"epoch {epoch:>4}/{schedule.epochs}  d_loss {means[0]:.4f}  g_loss {means[1]:.4f}  "
             f"D(x) {means[2]:.3f}  D(G(z)) {means[3]:.3f}  {images_per_second:,.0f} img/s  {seconds:.1f} s"
@@ -417,13 +462,19 @@ class RunOutputs:
         if sampling or evaluating:
             self._prepare_sampler()
         if sampling:
-            grid = generate(self.sampler, self.fixed_noise, self.fixed_labels)
-            save_image(image_grid(grid, columns=grid_columns(self.config), scale=4), self.paths.sample_image(epoch))
+            grid = image_grid(generate(self.sampler, self.fixed_noise, self.fixed_labels), columns=grid_columns(self.config),
+                              scale=4)
+            save_image(grid, self.paths.sample_image(epoch))
+            if self.tensorboard:
+                self.tensorboard.image("samples", grid, step)
         if evaluating:
-            fd = self._evaluate(epoch)
-            if fd < state.best_fd:
-                state.best_fd = fd
+            result = self._evaluate(epoch)
+            quality = float(result["reverse_kl" if self.stacked else "fd"])  # the number to minimise
+            if quality < state.best_fd:
+                state.best_fd = quality
                 state.save(self.paths.best_checkpoint)
+        if self.tensorboard:
+            self.tensorboard.flush()  # before the checkpoint: what precedes it is never lost to a crash
         if epoch % schedule.checkpoint_every == 0 or last_epoch or state.checkpoint_due():
             state.save(self.paths.last_checkpoint)
         if sampling:
@@ -444,30 +495,82 @@ class RunOutputs:
         if final:
             refresh_report(self.paths.root)
 
+    def final_evaluation(self, epoch: int, say) -> None:
+        """Score the finished generator (the file just written) on ``train.final_eval_samples`` samples, beside
+        the real data's numbers: into metrics.json, one line, the report and TensorBoard. Where it cannot be
+        scored (own images without an evaluator, say), one line says why: the run itself is complete."""
+        samples = self.config.train.final_eval_samples
+        if not samples:
+            return
+        try:
+            if self.last_evaluation is not None and self.last_evaluation[:2] == (epoch, samples):
+                result = self.last_evaluation[2]  # the last epoch's evaluation scored these very samples
+            else:
+                self._prepare_sampler()
+                result = self._score(samples)
+            floor = self._real_floor(samples)
+        except UserError as error:
+            say(f"no final evaluation: {error} (the run is complete; `mnistgan evaluate --run {self.paths.root}` "
+                "scores it later)")
+            return
+        record = {**result, "seed": self.evaluation_seed, "reference": "test", "weights": str(self.paths.generator),
+                  "preset": self.config.preset, "dataset": self.config.data.dataset, "epoch": epoch}
+        if floor is not None:
+            record["real_floor"] = floor
+        # Written after the generator file it describes: a report reads an older metrics.json as stale.
+        write_text_atomically(self.paths.metrics_json, json.dumps(record, indent=2) + "\n")
+        if self.tensorboard:
+            self.tensorboard.scalars("final", self._tracked(result), epoch * self.steps_per_epoch)
+        numbers = "  ".join(f"{key} {value:.4g}" + (f" ({floor[key]:.4g})" if floor and key in floor else "")
+                            for key, value in self._tracked(result).items())
+        compared = "real data's in brackets" if floor is not None else f"no real floor: fewer than {samples:,} real images"
+        say(f"final evaluation of the {'EMA ' if self.has_ema else ''}generator on {samples:,} samples ({compared}): {numbers}")
+        refresh_report(self.paths.root)
+
+    def close(self) -> None:
+        if self.tensorboard:
+            self.tensorboard.close()
+
     def _prepare_sampler(self) -> None:
         if self.has_ema:
             refresh_batchnorm_statistics(self.sampler, self.config, self.device)
 
-    def _evaluate(self, epoch: int) -> float:
-        """Score ``train.eval_samples`` samples (own RNG, so training's RNG stream is untouched); append to
-        metrics.csv; return the number to minimise (FD; the reverse KL of Stacked MNIST's modes)."""
-        config = self.config
-        generator = torch.Generator().manual_seed(config.train.seed + 1)
-        z, labels = draw_inputs(config.model, config.train.eval_samples, self.device, generator)
-        samples = generate(self.sampler, z, labels)
-        if self.stacked:
-            result = evaluate_stacked(samples, device=self.device)
-            columns = ("epoch", "modes_covered", "reverse_kl", "channel_confidence")
-        else:
-            result = evaluate_images(samples, device=self.device, labels=None if labels is None else labels.cpu(),
-                                     dataset=config.data.dataset)
-            columns = ("epoch", "fd", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score")
-            if labels is not None:  # does asking for a 7 give a 7, as training goes
-                columns += ("conditional_accuracy",)
-        row = [epoch] + [f"{result[key]:.6g}" if isinstance(result[key], float) else result[key] for key in columns[1:]]
-        append_csv(self.paths.metrics_csv, columns, [row])
+    def _evaluate(self, epoch: int) -> dict:
+        """Score ``train.eval_samples`` samples; append the tracked numbers to metrics.csv (and TensorBoard)."""
+        samples = self.config.train.eval_samples
+        result = self._score(samples)
+        self.last_evaluation = (epoch, samples, result)
+        tracked = self._tracked(result)
+        row = [epoch] + [f"{value:.6g}" if isinstance(value, float) else value for value in tracked.values()]
+        append_csv(self.paths.metrics_csv, ("epoch", *tracked), [row])
         plot_metrics(read_csv_columns(self.paths.metrics_csv), self.paths.metric_curves, title=self.title)
-        return float(result["reverse_kl" if self.stacked else "fd"])
+        if self.tensorboard:
+            self.tensorboard.scalars("eval", tracked, epoch * self.steps_per_epoch)
+        return result
+
+    def _score(self, samples: int) -> dict:
+        """The sampler's quality on ``samples`` samples of the evaluation's own noise: training's RNG stream is
+        untouched, and every evaluation of the same weights at the same count scores the same images."""
+        config = self.config
+        generator = torch.Generator().manual_seed(self.evaluation_seed)
+        z, labels = draw_inputs(config.model, samples, self.device, generator)
+        images = generate(self.sampler, z, labels)
+        if self.stacked:
+            return evaluate_stacked(images, device=self.device)
+        return evaluate_images(images, device=self.device, labels=None if labels is None else labels.cpu(),
+                               dataset=config.data.dataset)
+
+    def _real_floor(self, samples: int) -> dict | None:
+        """The same numbers for ``samples`` real images, the best a generator can hope for (None: fewer real images)."""
+        dataset = self.config.data.dataset
+        if self.stacked:
+            return stacked_floor(samples, device=self.device)
+        if samples > len(evaluator_splits(dataset)[0]):  # own images: compare only at equal counts
+            return None
+        return evaluate_real(samples, device=self.device, dataset=dataset)
+
+    def _tracked(self, result: dict) -> dict:
+        return {key: result[key] for key in (TRACKED_MODES if self.stacked else TRACKED_METRICS) if key in result}
 
 
 def loss_rows(epoch_stats: torch.Tensor, epoch: int, log_every: int) -> list[list]:

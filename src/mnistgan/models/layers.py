@@ -60,7 +60,11 @@ class Dropout(nn.Dropout):
 
 
 class LabelInput(nn.Module):
-    """Concatenates a learned label embedding to a flat input: the conditional input of G and MLP D."""
+    """Concatenates a learned label embedding to a flat input: the conditional input of G and MLP D.
+
+    ``labels`` are class indices (N,), or embeddings already looked up (N, embedding_dim): points
+    between two classes' embeddings, for morphing one digit into another.
+    """
 
     def __init__(self, num_classes: int, embedding_dim: int):
         super().__init__()
@@ -69,7 +73,8 @@ class LabelInput(nn.Module):
     def forward(self, flat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             raise ValueError("a conditional network needs labels")
-        return torch.cat([flat, self.embedding(labels).to(flat.dtype)], dim=1)
+        embedded = labels if labels.is_floating_point() else self.embedding(labels)
+        return torch.cat([flat, embedded.to(flat.dtype)], dim=1)
 
 
 def projected_logits(logits: torch.Tensor, features: torch.Tensor, projection: nn.Embedding | None,
