@@ -62,8 +62,8 @@ def main() -> int:
 
     device = resolve_device(args.device)
     machine = describe_cpu(cpu_description()) if device.type == "cpu" else str(device)
-    if device.type == "cpu":
-        machine += f", {args.threads or 'default'} threads"
+    if device.type == "cpu" and args.threads:
+        machine += f"; each run on {args.threads} of them"
     floor = mnistgan.evaluate_real(device=str(device), dataset="stacked-mnist")
     rows = []
     for preset in args.presets:
