@@ -2,6 +2,7 @@
 and the commands that list, sample and evaluate them. A tiny run of this session stands in for shipped weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,25 @@ def test_the_export_command_prints_the_sha256_and_the_entry_to_register(trained_
     assert f"'digits-v1': Pretrained(file='digits-v1.safetensors', sha256='{sha256_of(out)}'" in printed
     assert "--out" in one_error_line(capsys, ["pretrained", "--export", str(trained_run), "--out", str(tmp_path / "x.pt")])
     assert "--out" in one_error_line(capsys, ["pretrained", "--export", str(trained_run)])
+
+
+# What `mnistgan evaluate --pretrained NAME --n 2000 --device cpu` measured for each shipped generator
+# when it was added (its card in docs/pretrained/ has the numbers at 10,000 samples). A different
+# file, evaluator or sampling path would move them; floating-point differences between CPUs do not.
+SHIPPED_AT_2000 = {
+    "recommended": {"fd": 1.3389, "precision": 0.8865, "recall": 0.6332, "conditional_accuracy": 0.976},
+}
+
+
+@pytest.mark.parametrize("name", sorted(zoo.REGISTRY))
+def test_each_shipped_generator_reproduces_the_numbers_of_its_card(name):
+    result = mnistgan.pretrained(name).evaluate(2000, device="cpu", save=False)
+    for key, expected in SHIPPED_AT_2000[name].items():
+        assert result[key] == pytest.approx(expected, rel=0.01, abs=1e-3), key
+
+
+def test_every_shipped_generator_has_its_file_its_card_and_its_check():
+    assert set(SHIPPED_AT_2000) == set(zoo.REGISTRY)
+    for name, entry in zoo.REGISTRY.items():
+        assert entry.path.is_file() and entry.path.stat().st_size < 4_000_000, name  # small enough to ship
+        assert (Path(__file__).parents[1] / entry.card).is_file(), entry.card
