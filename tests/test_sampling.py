@@ -12,7 +12,7 @@ from mnistgan.config import load_preset
 from mnistgan.models import build_generator
 from mnistgan.models.layers import Dropout
 from mnistgan.plots import image_grid
-from mnistgan.sampling import (class_rows_inputs, draw_inputs, fixed_inputs, generate, grid_columns, lerp, morph_inputs,
+from mnistgan.sampling import (class_rows_inputs, draw_inputs, fixed_inputs, generate, grid_columns, morph_inputs,
                                refresh_batchnorm_statistics, slerp, walk_inputs)
 
 from conftest import TINY_DCGAN, TINY_MLP
@@ -226,12 +226,7 @@ def test_slerp_of_nearly_parallel_or_opposite_vectors_is_lerp():
                        (torch.tensor([3.0, 4.0]), torch.tensor([3.0, 4.0]))]:  # the same vector
         path = slerp(start, end, t)
         assert torch.isfinite(path).all()
-        assert torch.equal(path, lerp(start, end, t))
-
-
-def test_lerp_is_the_straight_line():
-    start, end = torch.tensor([1.0, -1.0]), torch.tensor([3.0, 1.0])
-    assert torch.equal(lerp(start, end, torch.tensor([[0.0], [0.5], [1.0]])), torch.tensor([[1.0, -1.0], [2.0, 0.0], [3.0, 1.0]]))
+        assert torch.equal(path, torch.lerp(start, end, t))
 
 
 @pytest.mark.parametrize("distribution", ["normal", "uniform"])
@@ -245,7 +240,7 @@ def test_walk_inputs_go_from_one_draw_to_another_by_the_distributions_path(distr
     torch.testing.assert_close(walks[:, 0], expected[:3])
     torch.testing.assert_close(walks[:, -1], expected[3:])
     middle = walks[:, 3]
-    blend = slerp if distribution == "normal" else lerp
+    blend = slerp if distribution == "normal" else torch.lerp
     torch.testing.assert_close(middle, blend(expected[:3], expected[3:], 3 / 5))
     if distribution == "uniform":  # inside the cube the noise was drawn from
         assert walks.abs().max() <= 1

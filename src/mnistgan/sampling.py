@@ -114,11 +114,6 @@ def refresh_batchnorm_statistics(network: nn.Module, config: Config, device: tor
 PARALLEL_SINE = 1e-3  # below this sine of the angle between two vectors, slerp is lerp to float32 precision
 
 
-def lerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-    """The straight line from ``start`` (t = 0) to ``end`` (t = 1); broadcasts like ``start + t * (end - start)``."""
-    return start + t * (end - start)
-
-
 def slerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
     """Spherical interpolation (Shoemake 1985) along the last dimension: the great-circle arc from
     ``start`` (t = 0) to ``end`` (t = 1), so unit vectors stay unit vectors all the way.
@@ -135,7 +130,7 @@ def slerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor | float) -> to
     parallel = sine.abs() < PARALLEL_SINE
     sine = torch.where(parallel, torch.ones_like(sine), sine)  # no division by ~0 on the lerp side
     arc = (torch.sin((1 - t) * angle) * start + torch.sin(t * angle) * end) / sine
-    return torch.where(parallel, lerp(start, end, t), arc)
+    return torch.where(parallel, torch.lerp(start, end, t), arc)
 
 
 def walk_inputs(model: ModelConfig, rows: int, steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -146,7 +141,7 @@ def walk_inputs(model: ModelConfig, rows: int, steps: int, generator: torch.Gene
     """
     start, end = sample_latent(model, 2 * rows, "cpu", generator).split(rows)  # all the starts, then all the ends
     t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
-    blend = slerp if model.latent_distribution == "normal" else lerp
+    blend = slerp if model.latent_distribution == "normal" else torch.lerp
     return blend(start.unsqueeze(1), end.unsqueeze(1), t).reshape(rows * steps, model.latent_dim)  # (rows, steps, latent)
 
 
@@ -159,4 +154,4 @@ def morph_inputs(network: nn.Module, model: ModelConfig, rows: int, steps: int, 
     z = sample_latent(model, rows, "cpu", generator).repeat_interleave(steps, dim=0)
     table = network.label_input.embedding.weight.detach().float().cpu()  # (num_classes, embedding_dim)
     t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
-    return z, lerp(table[classes[0]], table[classes[1]], t).repeat(rows, 1)
+    return z, torch.lerp(table[classes[0]], table[classes[1]], t).repeat(rows, 1)
