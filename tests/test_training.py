@@ -306,6 +306,16 @@ def test_a_finished_run_is_scored_beside_the_real_data(tmp_path, capsys):
     assert "100 samples against the test set" in report and "Stale" not in report
 
 
+def test_a_conditional_runs_final_evaluation_is_what_evaluate_measures_on_the_same_seed(tmp_path):
+    # One scoring function: the same noise, the same drawn classes, the same accuracy from the same pass.
+    run = mnistgan.train("mlp-gan", overrides={**FINAL, "model.conditional": True}, out=tmp_path / "conditional")
+    scores = run.metrics
+    again = run.evaluate(n=100, seed=scores["seed"], device="cpu", save=False)
+    for key in ("fd", "precision", "recall", "conditional_accuracy"):
+        assert again[key] == pytest.approx(scores[key], rel=1e-6), key
+    assert run.evaluate(n=100, seed=scores["seed"] + 1, device="cpu", save=False)["fd"] != pytest.approx(scores["fd"], rel=1e-6)
+
+
 def test_the_final_evaluation_leaves_training_and_resume_exact(tmp_path):
     settings = {**FINAL, "train.epochs": 2}
     mnistgan.train("vanilla-gan", overrides={**settings, "train.final_eval_samples": 0}, out=tmp_path / "unscored")

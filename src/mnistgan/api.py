@@ -29,8 +29,9 @@ from .devices import resolve_device
 from .distributed import is_main_process
 from .errors import UserError, option
 from .files import write_text_atomically
-from .metrics import conditional_accuracy, evaluate_images
+from .metrics import evaluate_images
 from .metrics import evaluate_real as evaluate_real_images
+from .metrics.generators import default_samples, metrics_record, score_generator
 from .metrics.modes import STACKED_SAMPLES, evaluate_stacked, stacked_floor
 from .folder import read_own_images
 from .imagefiles import available_memory, load_samples
@@ -314,25 +315,19 @@ class Run:
         ``save``, a run opened from its directory keeps the result as metrics.json. ``n`` defaults to
         the convention: 10,000 (26,000 for Stacked MNIST's modes).
 
-        Conditional runs also get ``conditional_accuracy``: how often the evaluator reads the
-        class that was asked for, over ``n`` samples with the classes in equal shares.
+        The noise and, for a conditional run, the classes (drawn uniformly) come from ``seed``, as
+        training's own evaluations draw them; conditional runs also get ``conditional_accuracy``:
+        how often the evaluator reads the class that was asked for, over the same samples.
         """
         torch_device = resolve_device(device)
-        self.generator.to(torch_device)
+        network = self.generator.to(torch_device)
         dataset = self.config.data.dataset
-        if dataset == "stacked-mnist":
-            result = evaluate_stacked(self.sample(n or STACKED_SAMPLES, seed, device=torch_device), device=torch_device)
-        else:
-            n = n or 10_000
-            result = evaluate_images(self.sample(n, seed, device=torch_device), reference=reference, device=torch_device,
-                                     dataset=dataset)
-            if self.config.model.conditional:
-                classes = torch.arange(n) % self.config.model.num_classes
-                z = sample_latent(self.config.model, n, "cpu", torch.Generator().manual_seed(seed + 1))
-                images = generate(self.generator, z.to(torch_device), classes.to(torch_device))
-                result["conditional_accuracy"] = conditional_accuracy(images, classes, device=torch_device, dataset=dataset)
-        result.update(seed=seed, reference=reference, weights=str(self._weights_source), preset=self.config.preset,
-                      dataset=dataset)
+        n = n or default_samples(dataset)
+        if n < 1:
+            raise UserError(f"{option('n')} must be at least 1; got {n}")
+        self._require_memory_for(n)
+        result = score_generator(network, self.config.model, dataset, n, seed, torch_device, reference)
+        result = metrics_record(result, self.config, seed, str(self._weights_source), reference)
         if save and self.paths is not None:
             write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
             refresh_report(self.paths.root)

@@ -92,6 +92,7 @@ class TrainingStep:
             self.ema_buffers = [b for b in ema.buffers()]
             self.g_buffers = [b for b in generator.buffers()]
             self.ema_weight = torch.ones((), device=device)  # 1 - decay; 1 copies G (before ema_start_epoch)
+            self.ema_weights = [self.ema_weight] * len(self.ema_parameters)  # lerp takes one per tensor
 
     # -- one step ------------------------------------------------------------------------------
     def __call__(self) -> None:
@@ -197,10 +198,9 @@ class TrainingStep:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        # ema += (1 - decay) * (g - ema), with the weight a device tensor so graphs see its current value.
-        differences = torch._foreach_sub([p.detach() for p in self.g_parameters], self.ema_parameters)
-        torch._foreach_mul_(differences, self.ema_weight)
-        torch._foreach_add_(self.ema_parameters, differences)
+        # ema += (1 - decay) * (g - ema) in one pass over the weights, with the weight a device
+        # tensor so graphs see its current value.
+        torch._foreach_lerp_(self.ema_parameters, [p.detach() for p in self.g_parameters], self.ema_weights)
         if self.ema_buffers:
             torch._foreach_copy_(self.ema_buffers, self.g_buffers)
 

@@ -28,13 +28,12 @@ from .devices import choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
 from .files import write_text_atomically
-from .metrics import evaluate_images, evaluate_real
-from .metrics.evaluator import evaluator_splits, load_evaluator
-from .metrics.modes import evaluate_stacked, stacked_floor
+from .metrics.evaluator import load_evaluator
+from .metrics.generators import metrics_record, real_floor, score_generator
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
-from .sampling import draw_inputs, fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
+from .sampling import fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
 from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, real_batches_per_step
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 
@@ -131,65 +130,76 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
              f": {data.count} images, {data.steps_per_epoch} steps of {schedule.batch_size} per epoch -> {paths.root}")
 
     try:
-        # -- the epochs: steps, then outputs; a stop request ends the loop at the next check --------------
-        with stop.handling_signals():
-            try:
-                for epoch in range(state.completed_epochs + 1, schedule.epochs + 1):
-                    save_to = paths.last_checkpoint if main_process else None  # time-based checkpoints mid-epoch
-                    epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process,
-                                                                           save_to)
-                    if not torch.isfinite(epoch_stats).all():
-                        raise UserError(diverged_message(epoch, paths))
-                    state.completed_epochs, state.step_in_epoch = epoch, 0
-                    broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist())
-                    if broken and state.breakdown is None:
-                        state.breakdown = f"epoch {epoch}: {broken}"
-                    stopping = bool(broken) and schedule.stop_on_breakdown
-                    if main_process:
-                        outputs.end_of_epoch(epoch, epoch_stats, seconds, images_per_second, state, stop.say, broken, stopping)
-                    if stopping:
-                        raise UserError(f"training broke down at epoch {epoch}: {broken}; stopped (train.stop_on_breakdown) "
-                                        f"without checkpointing this epoch; {_last_checkpoint_words(paths)}; "
-                                        "lower the learning rates or change the loss")
-                    if epoch < schedule.epochs and stop.requested(None):
-                        raise StopRequested()
-            except (StopRequested, BrokenPipeError) as stopped:
-                if isinstance(stopped, BrokenPipeError):  # a closed pipe outside `say` (the progress bar's stderr, say)
-                    stop.pipe_closed(first=True)
-                if main_process:
-                    state.save(paths.last_checkpoint)
-                    outputs.finish()
-                raise stop.interrupted(state, paths) from None
-
-        # -- finish -----------------------------------------------------------------------------------------
-        if distributed.enabled:  # data parallelism must leave every process with the same networks
-            digest = distributed.check_replicas(parts.generator, parts.discriminator)
-            stop.say(f"all {distributed.world_size} processes hold identical weights (sha256 {digest[:16]})")
-        if already_complete and main_process:
-            # A run stopped after its last checkpoint but before its last outputs (killed then, say) gets
-            # them from that checkpoint: curves, GIF and generator file, as the uninterrupted run wrote them.
-            outputs.finish()
-
-        # -- the final evaluation: the finished generator's quality, unless a stop was asked for -----------
-        stopped_unscored = bool(stop.signals and schedule.final_eval_samples)
-        if main_process and not stop.signals:
-            try:
-                outputs.final_evaluation(state.completed_epochs, stop.say)
-            except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM) while scoring: training itself is complete
-                signum = getattr(interrupt, "exit_status", 128 + signal.SIGINT) - 128
-                raise TrainingInterrupted(f"stopped during the final evaluation; the run in {paths.root} is complete but "
-                                          f"not scored: `mnistgan train --resume {paths.root}` scores it", signum) from None
-        stop.say(f"done: {state.completed_epochs} epochs in {state.trained_seconds:.0f} s of training; "
-                 f"samples, curves and weights in {paths.root}")
-        if state.breakdown:
-            stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
-                     "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
-        if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
-            unscored = f", but not scored: `mnistgan train --resume {paths.root}` scores it" if stopped_unscored else ""
-            raise TrainingInterrupted(f"stopped after the last epoch; the run in {paths.root} is complete{unscored}",
-                                      stop.signals[0])
+        _train_epochs(state, data, outputs, paths, stop, progress, main_process)
+        _finish(state, outputs, paths, stop, distributed, already_complete)
     finally:
         outputs.close()  # the TensorBoard log, however training ended
+
+
+def _train_epochs(state: "TrainingState", data: "TrainingData", outputs: "RunOutputs", paths: RunPaths,
+                  stop: "StopControl", progress: bool, main_process: bool) -> None:
+    """The epochs left: steps, then outputs; a stop request ends the loop at the next check, with a checkpoint."""
+    config, schedule = state.config, state.config.train
+    with stop.handling_signals():
+        try:
+            for epoch in range(state.completed_epochs + 1, schedule.epochs + 1):
+                save_to = paths.last_checkpoint if main_process else None  # time-based checkpoints mid-epoch
+                epoch_stats, seconds, images_per_second = _train_epoch(epoch, state, data, stop, progress and main_process,
+                                                                       save_to)
+                if not torch.isfinite(epoch_stats).all():
+                    raise UserError(diverged_message(epoch, paths))
+                state.completed_epochs, state.step_in_epoch = epoch, 0
+                broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist())
+                if broken and state.breakdown is None:
+                    state.breakdown = f"epoch {epoch}: {broken}"
+                stopping = bool(broken) and schedule.stop_on_breakdown
+                if main_process:
+                    outputs.end_of_epoch(epoch, epoch_stats, seconds, images_per_second, state, stop.say, broken, stopping)
+                if stopping:
+                    raise UserError(f"training broke down at epoch {epoch}: {broken}; stopped (train.stop_on_breakdown) "
+                                    f"without checkpointing this epoch; {_last_checkpoint_words(paths)}; "
+                                    "lower the learning rates or change the loss")
+                if epoch < schedule.epochs and stop.requested(None):
+                    raise StopRequested()
+        except (StopRequested, BrokenPipeError) as stopped:
+            if isinstance(stopped, BrokenPipeError):  # a closed pipe outside `say` (the progress bar's stderr, say)
+                stop.pipe_closed(first=True)
+            if main_process:
+                state.save(paths.last_checkpoint)
+                outputs.finish()
+            raise stop.interrupted(state, paths) from None
+
+
+def _finish(state: "TrainingState", outputs: "RunOutputs", paths: RunPaths, stop: "StopControl",
+            distributed: Distributed, already_complete: bool) -> None:
+    """After the last epoch: the replicas compared, missing outputs written, the final evaluation, the last words."""
+    schedule, main_process = state.config.train, distributed.is_main
+    if distributed.enabled:  # data parallelism must leave every process with the same networks
+        digest = distributed.check_replicas(state.parts.generator, state.parts.discriminator)
+        stop.say(f"all {distributed.world_size} processes hold identical weights (sha256 {digest[:16]})")
+    if already_complete and main_process:
+        # A run stopped after its last checkpoint but before its last outputs (killed then, say) gets
+        # them from that checkpoint: curves, GIF and generator file, as the uninterrupted run wrote them.
+        outputs.finish()
+
+    # The final evaluation: the finished generator's quality, unless a stop was asked for.
+    stopped_unscored = bool(stop.signals and schedule.final_eval_samples)
+    if main_process and not stop.signals:
+        try:
+            outputs.final_evaluation(state.completed_epochs, stop.say)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM) while scoring: training itself is complete
+            signum = getattr(interrupt, "exit_status", 128 + signal.SIGINT) - 128
+            raise TrainingInterrupted(f"stopped during the final evaluation; the run in {paths.root} is complete but "
+                                      f"not scored: `mnistgan train --resume {paths.root}` scores it", signum) from None
+    stop.say(f"done: {state.completed_epochs} epochs in {state.trained_seconds:.0f} s of training; "
+             f"samples, curves and weights in {paths.root}")
+    if state.breakdown:
+        stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
+                 "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
+    if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
+        unscored = f", but not scored: `mnistgan train --resume {paths.root}` scores it" if stopped_unscored else ""
+        raise TrainingInterrupted(f"stopped after the last epoch; the run in {paths.root} is complete{unscored}",
+                                  stop.signals[0])
 
 
 def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop: "StopControl",
@@ -508,13 +518,12 @@ class RunOutputs:
             else:
                 self._prepare_sampler()
                 result = self._score(samples)
-            floor = self._real_floor(samples)
+            floor = real_floor(self.config.data.dataset, samples, self.device)
         except UserError as error:
             say(f"no final evaluation: {error} (the run is complete; `mnistgan evaluate --run {self.paths.root}` "
                 "scores it later)")
             return
-        record = {**result, "seed": self.evaluation_seed, "reference": "test", "weights": str(self.paths.generator),
-                  "preset": self.config.preset, "dataset": self.config.data.dataset, "epoch": epoch}
+        record = metrics_record(result, self.config, self.evaluation_seed, str(self.paths.generator), epoch=epoch)
         if floor is not None:
             record["real_floor"] = floor
         # Written after the generator file it describes: a report reads an older metrics.json as stale.
@@ -551,23 +560,8 @@ class RunOutputs:
     def _score(self, samples: int) -> dict:
         """The sampler's quality on ``samples`` samples of the evaluation's own noise: training's RNG stream is
         untouched, and every evaluation of the same weights at the same count scores the same images."""
-        config = self.config
-        generator = torch.Generator().manual_seed(self.evaluation_seed)
-        z, labels = draw_inputs(config.model, samples, self.device, generator)
-        images = generate(self.sampler, z, labels)
-        if self.stacked:
-            return evaluate_stacked(images, device=self.device)
-        return evaluate_images(images, device=self.device, labels=None if labels is None else labels.cpu(),
-                               dataset=config.data.dataset)
-
-    def _real_floor(self, samples: int) -> dict | None:
-        """The same numbers for ``samples`` real images, the best a generator can hope for (None: fewer real images)."""
-        dataset = self.config.data.dataset
-        if self.stacked:
-            return stacked_floor(samples, device=self.device)
-        if samples > len(evaluator_splits(dataset)[0]):  # own images: compare only at equal counts
-            return None
-        return evaluate_real(samples, device=self.device, dataset=dataset)
+        return score_generator(self.sampler, self.config.model, self.config.data.dataset, samples, self.evaluation_seed,
+                               self.device)
 
     def _tracked(self, result: dict) -> dict:
         return {key: result[key] for key in (TRACKED_MODES if self.stacked else TRACKED_METRICS) if key in result}
