@@ -36,12 +36,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from naive import NaiveLoop  # noqa: E402
+from naive import NaiveLoop, unsupported  # noqa: E402
 
 from mnistgan.config import load_preset, parse_overrides, preset_names  # noqa: E402
 from mnistgan.data import load_mnist  # noqa: E402
 from mnistgan.devices import choose_precision, configure_backends, cpu_description, describe_cpu, resolve_device  # noqa: E402
-from mnistgan.step import build_training, epoch_order  # noqa: E402
+from mnistgan.step import build_training, epoch_order, real_batches_per_step  # noqa: E402
 
 TRAINING_IMAGES = 60_000
 # Variants: a name and the config overrides that make it. "naive" is the reference loop.
@@ -105,7 +105,21 @@ def build_stepper(preset: str, overrides: list[str] | None, device: torch.device
 
 
 def epoch_steps(config) -> int:
-    return TRAINING_IMAGES // (config.train.batch_size * config.train.d_steps)
+    return TRAINING_IMAGES // (config.train.batch_size * real_batches_per_step(config))
+
+
+def comparable_presets() -> list[str]:
+    """The presets whose training the naive loop reproduces (the MNIST reference designs and their kin)."""
+    return [name for name in preset_names() if unsupported(load_preset(name)) is None]
+
+
+def require_comparable(parser: argparse.ArgumentParser, presets: list[str]) -> None:
+    """One error line for a preset the naive loop cannot train the same way."""
+    for name in presets:
+        why = unsupported(load_preset(name))
+        if why:
+            parser.error(f"the naive loop does not implement {why}, so {name} cannot be compared; choose from "
+                         f"{', '.join(comparable_presets())}")
 
 
 def seconds_per_epoch(step_seconds: float, config) -> float:
@@ -120,7 +134,7 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
     """Train ``windows`` x ``steps`` steps after warm-up; return speed and memory of this process."""
     device = resolve_device(device_name)
     run, config, (precision, reason) = build_stepper(preset, overrides, device, device_name)
-    batch, d_steps = config.train.batch_size, config.train.d_steps
+    batch = config.train.batch_size
     warm_up(run, device)
     synchronize(device)
     if device.type == "cuda":
@@ -137,7 +151,7 @@ def measure(preset: str, variant: str, overrides: list[str] | None, device_name:
         "preset": preset, "variant": variant, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "cpu": cpu_description(), "precision": precision, "precision_reason": reason,
         "batch_size": batch, "steps_timed": steps * windows,
-        "images_per_second": steps * batch * d_steps / best,
+        "images_per_second": steps * batch * real_batches_per_step(config) / best,
         "seconds_per_epoch": seconds_per_epoch(best / steps, config),
         "window_seconds": seconds,
         "peak_memory_mb": peak_memory(device) / 2**20,
@@ -191,7 +205,7 @@ def default_steps(preset: str, variant: str, device_type: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=preset_names())
+    parser.add_argument("--presets", nargs="+", default=comparable_presets())
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, help="steps per timing window (default: by device and architecture)")
     parser.add_argument("--windows", type=int, default=3, help="timing windows; the fastest is reported")
@@ -207,6 +221,7 @@ def main() -> None:
     parser.add_argument("--single", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--overrides", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    require_comparable(parser, args.presets)
     device_type = resolve_device(args.device).type
 
     if args.single:  # child process: one measurement, JSON on the last line of stdout

@@ -35,9 +35,9 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import build_stepper  # noqa: E402
+from bench_train import build_stepper, comparable_presets, require_comparable  # noqa: E402
 
-from mnistgan.config import load_preset, preset_names  # noqa: E402
+from mnistgan.config import load_preset  # noqa: E402
 from mnistgan.devices import cpu_computes_bf16, cpu_description, describe_cpu  # noqa: E402
 
 ARITHMETIC = {"aten::mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::convolution_backward"}
@@ -150,11 +150,12 @@ def report(results: list[dict], peak: dict[str, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=preset_names())
+    parser.add_argument("--presets", nargs="+", default=comparable_presets())
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--steps", type=int, help="steps timed and profiled (default: 60 for MLPs, 4 for conv nets)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
+    require_comparable(parser, args.presets)
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = {"fp32": matmul_peak(torch.float32)}

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mnistgan.checkpoint import (CHECKPOINT_DIGEST_KEY, FORMAT_VERSION, content_digest, load_checkpoint,
-                                 read_generator_file, save_checkpoint, save_generator)
+                                 read_generator_file, save_checkpoint, save_generator, generator_file_epoch)
 from mnistgan.errors import UserError
 
 MARKER = 0.123456789  # every weight of the tiny network: its bytes repeat in the file, easy to find
@@ -111,6 +111,14 @@ def test_a_generator_file_damaged_inside_a_tensor_is_refused(tmp_path):
     config, weights = read_generator_file(path)
     assert config == {"model": {}} and torch.equal(weights["weight"], torch.full((4, 8), MARKER))
     assert "writes it again" in refusal_of_damaged(read_generator_file, path)
+
+
+def test_a_generator_file_says_how_many_epochs_its_weights_trained(tmp_path):
+    save_generator(tiny_network(), {"model": {}}, tmp_path / "at-7.safetensors", "raw", epoch=7)
+    save_generator(tiny_network(), {"model": {}}, tmp_path / "unknown.safetensors", "raw")
+    assert generator_file_epoch(tmp_path / "at-7.safetensors") == 7
+    assert generator_file_epoch(tmp_path / "unknown.safetensors") is None  # as files written before it said
+    assert generator_file_epoch(tmp_path / "missing.safetensors") is None
 
 
 def test_files_written_before_the_digest_still_load(tmp_path):
@@ -252,3 +260,44 @@ def test_require_finite_looks_only_at_floating_tensors():
         require_finite({"layers": [torch.ones(3), torch.tensor([1.0, float("nan")])]}, "state")
     with pytest.raises(NonFiniteError, match="weights: the tensor holds 2 NaN"):
         require_finite(torch.full((2,), float("-inf"), dtype=torch.float16), "weights")
+
+
+# -- a file that reads but is not what mnistgan writes is one line, not a traceback where it is used ---
+
+MALFORMED_CHECKPOINTS = {  # entry replaced (REMOVE: taken out) -> the words its error names
+    "config-not-a-table": ("config", 5, "its config is not a table"),
+    "no-generator": ("generator", "REMOVE", "no generator weights"),
+    "ema-a-list": ("ema", [1], "its ema entry is not a network's weights"),
+    "generator-not-tensors": ("generator", {"weight": 5}, "its generator entry is not a network's weights"),
+    "optimizer-empty": ("g_optimizer", {}, "its g_optimizer entry is not an optimizer's state"),
+    "rng-without-cpu": ("rng", {"cuda": None}, "its rng entry holds no CPU random state"),
+    "epoch-a-string": ("epoch", "3", "its epoch entry is not a count"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(MALFORMED_CHECKPOINTS))
+def test_a_malformed_checkpoint_is_one_line_naming_it(tmp_path, problem):
+    key, value, words = MALFORMED_CHECKPOINTS[problem]
+    state = training_state()
+    if value == "REMOVE":
+        del state[key]
+    else:
+        state[key] = value
+    path = tmp_path / "last.pt"
+    save_checkpoint(state, path)  # with a digest that matches: the contents are as written, just not mnistgan's
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert str(path) in message and "damaged or not a complete mnistgan checkpoint" in message, message
+    assert words in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("config", [None, "{not json", "[1, 2]", '"model"'])
+def test_a_generator_file_without_a_config_object_is_one_line_naming_it(tmp_path, config):
+    path = tmp_path / "generator.safetensors"
+    tensors = {name: tensor.detach() for name, tensor in tiny_network().state_dict().items()}
+    save_file(tensors, path, metadata={"format": "mnistgan-generator", **({} if config is None else {"config": config})})
+    with pytest.raises(UserError) as caught:
+        read_generator_file(path)
+    message = str(caught.value)
+    assert str(path) in message and "not a valid mnistgan generator file" in message and "\n" not in message, message

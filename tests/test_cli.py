@@ -1,5 +1,6 @@
 """The commands as a user types them: outputs, and one clean error line for each bad input."""
 
+import json
 import os
 import shutil
 import signal
@@ -8,8 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from mnistgan.checkpoint import CHECKPOINT_DIGEST_KEY, FORMAT_VERSION
 from mnistgan.cli import main
 
 from conftest import TINY_MLP, run_cli
@@ -243,6 +247,48 @@ def test_a_file_that_is_not_a_checkpoint(capsys, tmp_path):
     assert_names(line, str(bogus), "not a readable mnistgan checkpoint")
 
 
+def test_a_run_whose_config_is_not_utf8_is_one_line(capsys, tmp_path):
+    (tmp_path / "config.toml").write_bytes(b"\xff\xfe")
+    line = one_error_line(capsys, ["sample", "--run", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert_names(line, str(tmp_path / "config.toml"), "not UTF-8", "save it as UTF-8")
+
+
+def write_malformed(path, content):
+    """A .pt checkpoint of ``content`` (no digest: it loads unchecked), or a generator file with ``content`` as its metadata."""
+    if path.suffix == ".safetensors":
+        save_file({"weight": torch.zeros(2)}, path, metadata=content)
+    else:
+        torch.save(content, path)
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("config.pt", {"format": FORMAT_VERSION, "config": 5, "generator": {"weight": torch.zeros(2)}}, "its config is not a table"),
+    ("no-generator.pt", {"format": FORMAT_VERSION, "config": {}}, "no generator weights"),
+    ("ema.pt", {"format": FORMAT_VERSION, "config": {}, "generator": {"weight": torch.zeros(2)}, "ema": [1]}, "its ema entry"),
+    ("no-config.safetensors", {"format": "mnistgan-generator"}, "not a valid mnistgan generator file"),
+    ("bad-json.safetensors", {"format": "mnistgan-generator", "config": "{"}, "not a valid mnistgan generator file"),
+    ("list.safetensors", {"format": "mnistgan-generator", "config": "[1, 2]"}, "not a valid mnistgan generator file"),
+    ("bad-section.safetensors", {"format": "mnistgan-generator", "config": json.dumps({"model": 5})}, "'model' must be a table"),
+])
+def test_a_malformed_weights_file_is_one_line(capsys, tmp_path, name, content, words):
+    path = tmp_path / name
+    write_malformed(path, content)
+    line = one_error_line(capsys, ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png")])
+    assert_names(line, str(path), words)
+
+
+@pytest.mark.parametrize("missing", ["rng", "g_optimizer", "discriminator", "generator"])
+def test_resuming_from_an_incomplete_checkpoint_is_one_line(capsys, trained_run, tmp_path, missing):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    last = copy / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state[CHECKPOINT_DIGEST_KEY], state[missing]  # without the digest it loads unchecked, as older files do
+    torch.save(state, last)
+    line = one_error_line(capsys, ["train", "--resume", str(copy), "--epochs", "3"])
+    assert_names(line, str(last), "not a complete mnistgan checkpoint", "restore it from a copy")
+
+
 def test_too_many_samples_for_memory_is_one_line(capsys, trained_run, tmp_path):
     line = one_error_line(capsys, ["sample", "--run", str(trained_run), "--n", str(10**10), "--out", str(tmp_path / "s.npy")])
     assert "memory" in line and "GiB" in line and "--n" in line  # refused up front, before any allocation
@@ -359,6 +405,41 @@ def test_evaluate_prints_a_table_with_the_real_floor(capsys, trained_run):
     assert main(["evaluate", "--run", str(trained_run), "--n", "300", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "Fréchet distance" in out and "real floor" in out and "digits covered" in out
+
+
+def test_evaluate_repeats_a_runs_final_evaluation_and_keeps_its_floor(capsys, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "mlp-gan", "--out", str(run), *TINY_ARGS, "--final-eval-samples", "200"]) == 0
+    final = json.loads((run / "metrics.json").read_text())
+    assert main(["evaluate", "--run", str(run), "--n", "200", "--device", "cpu"]) == 0  # the run's own seed by default
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["seed"] == final["seed"] and again["fd"] == pytest.approx(final["fd"], rel=1e-6)
+    assert again["real_floor"]["fd"] == pytest.approx(final["real_floor"]["fd"], rel=1e-6)
+    assert "real floor" in capsys.readouterr().out
+
+
+def test_evaluate_more_samples_than_real_images_prints_no_floor_rather_than_failing(capsys, tmp_path):
+    from mnistgan.metrics.generators import real_floor
+
+    assert real_floor("mnist", 60_001, "cpu") is None  # what --samples with 60,001 images asks for
+    assert main(["evaluate", "--pretrained", "recommended", "--n", "200", "--device", "cpu", "--dataset", "mnist"]) == 0
+    assert "real floor" in capsys.readouterr().out
+
+
+def test_a_path_that_is_not_utf8_is_printed_escaped_not_a_traceback(tmp_path):
+    out = os.fsencode(tmp_path) + b"/\xff-digits.png"
+    completed = subprocess.run([sys.executable, "-m", "mnistgan", "sample", "--pretrained", "recommended", "--out", out],
+                               capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert completed.returncode == 0, completed.stderr
+    assert os.path.isfile(out) and "\\udcff-digits.png" in completed.stdout
+
+
+def test_evaluate_a_generator_file_on_another_dataset_is_refused_in_one_line(capsys, trained_run):
+    generator_file = str(trained_run / "generator.safetensors")  # its config comes from the file itself
+    line = one_error_line(capsys, ["evaluate", "--checkpoint", generator_file, "--n", "50", "--dataset", "fashion-mnist"])
+    assert "this run trained on mnist" in line
 
 
 def test_evaluate_samples_from_any_tool(capsys, tmp_path):

@@ -96,6 +96,15 @@ def test_stored_configs_from_before_a_key_keep_their_behaviour(tmp_path):
     assert load_toml(new, stored=True).model.feature_order == "hwc"
 
 
+def test_a_stored_config_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(UserError) as caught:
+        load_toml(path, stored=True)
+    message = str(caught.value)
+    assert str(path) in message and "not UTF-8" in message and "\n" not in message, message
+
+
 # -- preset names are names; a user's own preset is a file loaded as one ---------------------------
 
 def test_an_empty_preset_name_is_an_error_listing_the_presets():

@@ -19,7 +19,7 @@ from mnistgan.data import load_mnist
 from mnistgan.step import build_training, epoch_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from naive import NaiveLoop  # noqa: E402
+from naive import NaiveLoop, unsupported  # noqa: E402
 
 SMALL = {"model.discriminator_dropout": 0.0, "model.generator_dropout": 0.0, "train.batch_size": 32, "train.seed": 3}
 CASES = {
@@ -133,3 +133,11 @@ def test_compiled_networks_train_on_cpu_dropout_included():
     with_dropout = run_fast(dropout, device, images, labels, order, noise_bank, steps)
     assert torch.isfinite(with_dropout).all()
     assert not torch.allclose(with_dropout[:, :2], compiled[:, :2], rtol=1e-3, atol=1e-3)
+
+
+def test_the_naive_loop_says_which_presets_it_cannot_reproduce():
+    for name in ("recommended", "vanilla-gan", "tf-dcgan-tutorial", "compact-dcgan"):
+        assert unsupported(load_preset(name)) is None, name
+    assert unsupported(load_preset("r3gan")) == "the R2 penalty, the relativistic loss"
+    assert "a packed discriminator" in unsupported(load_preset("stacked-pacgan"))
+    assert unsupported(load_preset("stacked-dcgan")) == "the stacked-mnist dataset"

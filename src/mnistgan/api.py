@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import first_non_finite, load_checkpoint, load_weights, read_generator_file
+from .checkpoint import first_non_finite, generator_file_epoch, load_checkpoint, load_weights, read_generator_file
 from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
 from .data import to_unit_range
@@ -31,7 +31,7 @@ from .errors import UserError, option
 from .files import write_text_atomically
 from .metrics import evaluate_images
 from .metrics import evaluate_real as evaluate_real_images
-from .metrics.generators import default_samples, metrics_record, score_generator
+from .metrics.generators import default_samples, evaluation_seed, metrics_record, real_floor, score_generator
 from .metrics.modes import STACKED_SAMPLES, evaluate_stacked, stacked_floor
 from .folder import read_own_images
 from .imagefiles import available_memory, load_samples
@@ -39,7 +39,8 @@ from .models import build_generator
 from .plots import image_grid
 from .report import refresh_report
 from .rundir import RunDirClaim, lock_for_resume, read_csv_columns, require_run_dir
-from .sampling import CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, morph_inputs, sample_latent, walk_inputs
+from .sampling import (CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, grid_classes, morph_inputs, sample_latent,
+                       walk_inputs)
 from .training import train as run_training
 from . import zoo
 
@@ -172,8 +173,9 @@ class Run:
             raise UserError(f"{self.checkpoint} is a directory; give a checkpoint file (.pt or .safetensors), or the run with {option('run_dir')}")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint {self.checkpoint} does not exist")
-        self.config = load_toml(self.paths.config, stored=True) if self.paths else None
+        self._config = load_toml(self.paths.config, stored=True) if self.paths else None
         self._generator = None
+        self.trained_epochs: int | None = None  # what the generator's weights trained for, once loaded, where known
 
     def __repr__(self) -> str:
         where = self.paths.root if self.paths else self.checkpoint
@@ -182,6 +184,13 @@ class Run:
     @property
     def dir(self) -> Path | None:
         return self.paths.root if self.paths else None
+
+    @property
+    def config(self) -> Config:
+        """The run's config: its config.toml, or the one stored in the checkpoint or generator file."""
+        if self._config is None:
+            _ = self.generator  # a file's own config comes with its weights
+        return self._config
 
     @property
     def generator(self) -> torch.nn.Module:
@@ -199,16 +208,21 @@ class Run:
                 raise UserError(f"{self.paths.root} has no generator weights yet (no generator.safetensors or checkpoint)")
         if source.suffix == ".safetensors":
             config_dict, weights = read_generator_file(source)
+            self.trained_epochs = generator_file_epoch(source)
         else:
             state = load_checkpoint(source)
             config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
+            self.trained_epochs = state.get("epoch")
         self._weights_source = source
         broken = first_non_finite(weights)
         if broken is not None:  # a generator that diverged draws nothing but NaN: no sample or score of it means anything
             raise UserError(f"{source} holds NaN or infinite weights ({broken[0]}): that training diverged; "
                             "sample an earlier checkpoint, or train again with lower learning rates")
-        if self.config is None:
-            self.config = stored_config_from_dict(config_dict)
+        if self._config is None:
+            try:
+                self._config = stored_config_from_dict(config_dict)
+            except UserError as error:  # the config came from the file, not the user: say which file
+                raise UserError(f"{source}: {error}") from None
         network = build_generator(self.config.model)
         load_weights(network, weights, source)  # a run's architecture with another run's file: clear error
         return network.eval()
@@ -249,12 +263,16 @@ class Run:
             raise UserError(f"{option(name)} must be a class 0-{model.num_classes - 1}; got {digit}")
         return digit
 
-    def sample_digits(self, per_digit: int = CONDITIONAL_GRID_COLUMNS, seed: int = 0) -> torch.Tensor:
+    def sample_digits(self, per_digit: int = CONDITIONAL_GRID_COLUMNS, seed: int = 0, device: str = "cpu") -> torch.Tensor:
         """A conditional run's samples ordered digit by digit: (10 * per_digit, 1, 28, 28), the same noise per column."""
-        network = self.generator  # loads the config too, for a run opened from a generator file
+        network = self.generator.to(device)  # loads the config too, for a run opened from a generator file
         if not self.config.model.conditional:
             raise UserError(f"{option('digit')} all needs a conditional run (train with {option('conditional')})")
-        return generate(network, *class_rows_inputs(self.config.model, per_digit, torch.Generator().manual_seed(seed)))
+        if per_digit < 1:
+            raise UserError(f"{option('n')} must be at least 1; got {per_digit}")
+        self._require_memory_for(len(grid_classes(self.config.model)) * per_digit)
+        z, labels = class_rows_inputs(self.config.model, per_digit, torch.Generator().manual_seed(seed))
+        return generate(network, z.to(device), labels.to(device))
 
     def interpolate(self, rows: int = 8, steps: int = 10, seed: int = 0, digit: int | None = None,
                     morph: tuple[int, int] | None = None, device: str = "cpu") -> torch.Tensor:
@@ -309,25 +327,30 @@ class Run:
             raise UserError("this run has not been evaluated yet; call run.evaluate() or `mnistgan evaluate --run`")
         return json.loads(self.paths.metrics_json.read_text())
 
-    def evaluate(self, n: int | None = None, seed: int = 0, device: str = "auto", reference: str = "test",
+    def evaluate(self, n: int | None = None, seed: int | None = None, device: str = "auto", reference: str = "test",
                  save: bool = True) -> dict:
         """Score ``n`` samples with the evaluator of the run's dataset (see ``mnistgan.metrics``); with
         ``save``, a run opened from its directory keeps the result as metrics.json. ``n`` defaults to
         the convention: 10,000 (26,000 for Stacked MNIST's modes).
 
-        The noise and, for a conditional run, the classes (drawn uniformly) come from ``seed``, as
-        training's own evaluations draw them; conditional runs also get ``conditional_accuracy``:
-        how often the evaluator reads the class that was asked for, over the same samples.
+        The noise and, for a conditional run, the classes (drawn uniformly) come from ``seed``, by
+        default the run's own evaluation seed, so that a finished run's final evaluation is repeated
+        exactly. Conditional runs also get ``conditional_accuracy``: how often the evaluator reads
+        the class that was asked for, over the same samples. Against the test set the result also
+        holds ``real_floor``: the same numbers for as many real images, where there are that many.
         """
         torch_device = resolve_device(device)
         network = self.generator.to(torch_device)
         dataset = self.config.data.dataset
-        n = n or default_samples(dataset)
+        n = default_samples(dataset) if n is None else n
+        seed = evaluation_seed(self.config) if seed is None else seed
         if n < 1:
             raise UserError(f"{option('n')} must be at least 1; got {n}")
         self._require_memory_for(n)
         result = score_generator(network, self.config.model, dataset, n, seed, torch_device, reference)
-        result = metrics_record(result, self.config, seed, str(self._weights_source), reference)
+        floor = real_floor(dataset, n, torch_device) if reference == "test" else None
+        result = metrics_record(result, self.config, seed, str(self._weights_source), reference,
+                                **({"real_floor": floor} if floor is not None else {}))
         if save and self.paths is not None:
             write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
             refresh_report(self.paths.root)

@@ -191,7 +191,37 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                             "restore it from a copy or start a new run")
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "config" not in state:
         raise UserError(f"{path} is not an mnistgan checkpoint (format {FORMAT_VERSION} expected)")
+    problem = _malformed_entry(state)
+    if problem:  # a file cut short or put together by hand: one line here, not a traceback wherever it is used
+        raise UserError(f"{path} is damaged or not a complete mnistgan checkpoint ({problem}); "
+                        "restore it from a copy or give another file")
     return state
+
+
+def _malformed_entry(state: dict) -> str | None:
+    """What is wrong with a checkpoint state's entries, in a few words; None if each one present is as mnistgan writes it.
+
+    Only the generator is needed by every use; the rest is checked where present (None: an EMA copy
+    not kept), and training checks on resume that all it needs is there.
+    """
+    if not isinstance(state["config"], dict):
+        return "its config is not a table of values"
+    if state.get("generator") is None:
+        return "no generator weights"
+    for key in ("generator", "discriminator", "ema"):
+        weights = state.get(key)
+        if weights is not None and not (isinstance(weights, dict) and all(isinstance(value, torch.Tensor) for value in weights.values())):
+            return f"its {key} entry is not a network's weights"
+    for key in ("g_optimizer", "d_optimizer"):
+        if state.get(key) is not None and not (isinstance(state[key], dict) and {"state", "param_groups"} <= state[key].keys()):
+            return f"its {key} entry is not an optimizer's state"
+    rng = state.get("rng")
+    if rng is not None and not (isinstance(rng, dict) and isinstance(rng.get("cpu"), torch.Tensor)):
+        return "its rng entry holds no CPU random state"
+    for key in ("epoch", "step_in_epoch"):
+        if state.get(key) is not None and (type(state[key]) is not int or state[key] < 0):
+            return f"its {key} entry is not a count"
+    return None
 
 
 def load_weights(network: nn.Module, weights: dict, source: Path | str) -> None:
@@ -204,12 +234,15 @@ def load_weights(network: nn.Module, weights: dict, source: Path | str) -> None:
         raise UserError(f"{source} does not fit this architecture ({detail[:160]}); it comes from a different model config") from None
 
 
-def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_kind: str) -> None:
-    """The generator's weights as safetensors, with the config, which weights (raw or EMA) and their digest in the metadata."""
+def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_kind: str, epoch: int | None = None) -> None:
+    """The generator's weights as safetensors, with the config, which weights (raw or EMA), their digest
+    and (when known) the epochs they trained for in the metadata."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
     require_finite(tensors, f"not writing {path}")
     metadata = {"format": "mnistgan-generator", "config": json.dumps(config_dict), "weights": weights_kind,
                 GENERATOR_DIGEST_KEY: content_digest(tensors)}
+    if epoch is not None:
+        metadata["epoch"] = str(epoch)
     write_bytes_atomically(path, safetensors_bytes(tensors, metadata=metadata), durable=True)
 
 
@@ -227,8 +260,27 @@ def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise UserError(f"{path} is not a readable safetensors file ({error})") from None
     if metadata.get("format") != "mnistgan-generator":
         raise UserError(f"{path} is not an mnistgan generator file (no mnistgan metadata)")
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a valid mnistgan generator file (its metadata holds no readable config); "
+                        "a finished run's `mnistgan train --resume RUN_DIR` writes it again, or sample from the run's checkpoints/last.pt")
     written = metadata.get(GENERATOR_DIGEST_KEY)
     if written is not None and written != content_digest(weights):
         raise UserError(f"{path} is damaged: its weights do not match the digest written with them; "
                         "a finished run's `mnistgan train --resume RUN_DIR` writes it again, or sample from the run's checkpoints/last.pt")
-    return json.loads(metadata["config"]), weights
+    return config, weights
+
+
+def generator_file_epoch(path: Path) -> int | None:
+    """The epochs a generator file's weights trained for, if the file says (files written before it did do not)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            epoch = (handle.metadata() or {}).get("epoch", "")
+    except (OSError, SafetensorError):
+        return None
+    return int(epoch) if epoch.isdigit() else None

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_positive_int, help="samples to generate (default: 10000; 26000 for stacked-mnist)")
     evaluate.add_argument("--dataset", help="with --samples or --real: mnist (default), fashion-mnist, stacked-mnist or "
                                             "folder:PATH (a run knows its own)")
-    evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    evaluate.add_argument("--seed", type=_non_negative_int,
+                          help="noise seed (default: the run's own evaluation seed, train.seed + 1, as its final evaluation)")
     evaluate.add_argument("--reference", choices=("test", "train"), default="test", help="real images to compare with (default: test)")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print JSON only")
@@ -162,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A path that is not valid UTF-8 (a byte-named folder) must not end a command that has done its
+    # work with an encoding error on its last "wrote ..." line: such bytes are printed escaped.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -315,7 +321,9 @@ def _evaluate(args) -> int:
     import json
 
     from . import api
+    from .devices import resolve_device
     from .metrics import METRIC_KEYS
+    from .metrics.generators import real_floor
 
     dataset = args.dataset or "mnist"
     if args.real:
@@ -323,14 +331,14 @@ def _evaluate(args) -> int:
         floor = None
     elif args.samples:
         result = api.evaluate_samples(args.samples, args.device, dataset)
-        floor = None if args.json else api.evaluate_real(result["n"], args.device, dataset)
+        # No floor where the dataset has fewer real images than there are samples: compare only at equal counts.
+        floor = None if args.json else real_floor(dataset, result["n"], resolve_device(args.device))
     elif args.run or args.checkpoint or args.pretrained:
         run = _open_generator(args)
         if args.dataset is not None and args.dataset != run.config.data.dataset:
             raise UserError(f"this run trained on {run.config.data.dataset}; leave out --dataset (a run is scored on its own)")
         result = run.evaluate(args.n, args.seed, args.device, args.reference)
-        floor = (None if args.json or args.reference != "test"
-                 else api.evaluate_real(result["n"], args.device, run.config.data.dataset))
+        floor = result.get("real_floor")
     else:
         raise UserError("give --run RUN_DIR, --checkpoint FILE, --pretrained NAME, --samples FILE or --real")
     if args.json:

@@ -412,7 +412,9 @@ def load_preset_file(path: str | Path) -> Config:
 def load_toml(path: Path, stored: bool = False) -> Config:
     """A config from a TOML file: a user's (partial, over the defaults) or, with ``stored``, a run's."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_bytes().decode("utf-8"))  # TOML is UTF-8, whatever the locale
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: cannot read it as TOML (not UTF-8 text); save it as UTF-8 or restore it from a copy") from None
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UserError(f"{path}: cannot read it as TOML ({error})") from None
     return stored_config_from_dict(data) if stored else config_from_dict(data)

@@ -30,6 +30,7 @@ body { font-family: system-ui, sans-serif; line-height: 1.4; overflow-wrap: brea
 table { border-collapse: collapse }
 td, th { padding: 0.2em 0.8em; text-align: left; vertical-align: top; border-bottom: 1px solid #ddd }
 td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap }
+@media (max-width: 30em) { td, th { padding: 0.2em 0.4em } }
 .figures { display: flex; flex-wrap: wrap; gap: 0 1em; align-items: flex-start }
 figure { margin: 0 0 1em; min-width: 0 }
 img { display: block; max-width: 100%; height: auto }

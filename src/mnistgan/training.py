@@ -29,7 +29,7 @@ from .distributed import Distributed
 from .errors import UserError, option
 from .files import write_text_atomically
 from .metrics.evaluator import load_evaluator
-from .metrics.generators import metrics_record, real_floor, score_generator
+from .metrics.generators import evaluation_seed, metrics_record, real_floor, score_generator
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
@@ -166,7 +166,7 @@ def _train_epochs(state: "TrainingState", data: "TrainingData", outputs: "RunOut
                 stop.pipe_closed(first=True)
             if main_process:
                 state.save(paths.last_checkpoint)
-                outputs.finish()
+                outputs.finish(state.completed_epochs)
             raise stop.interrupted(state, paths) from None
 
 
@@ -180,7 +180,7 @@ def _finish(state: "TrainingState", outputs: "RunOutputs", paths: RunPaths, stop
     if already_complete and main_process:
         # A run stopped after its last checkpoint but before its last outputs (killed then, say) gets
         # them from that checkpoint: curves, GIF and generator file, as the uninterrupted run wrote them.
-        outputs.finish()
+        outputs.finish(state.completed_epochs)
 
     # The final evaluation: the finished generator's quality, unless a stop was asked for.
     stopped_unscored = bool(stop.signals and schedule.final_eval_samples)
@@ -368,6 +368,13 @@ class TrainingState:
         """Continue from ``state``, the checkpoint read from ``path`` onto this device; return notes for
         the user (a changed thread count)."""
         parts, device = self.parts, self.device
+        # load_checkpoint checked the entries present; a generator-only or half-written file lacks some.
+        needed = ["generator", "discriminator", "g_optimizer", "d_optimizer", "epoch", "step_in_epoch", "rng"]
+        needed += ["ema"] * (parts.ema is not None) + ["partial_stats"] * bool(state.get("step_in_epoch"))
+        missing = [key for key in needed if state.get(key) is None]
+        if missing:
+            raise UserError(f"{path} is damaged or not a complete mnistgan checkpoint (no {', '.join(missing)} to resume from); "
+                            "restore it from a copy or start a new run")
         _require_same_run(self.config, state["config"], path)
         load_weights(parts.generator, state["generator"], path)
         load_weights(parts.discriminator, state["discriminator"], path)
@@ -439,7 +446,7 @@ class RunOutputs:
         self.fixed_noise, self.fixed_labels = fixed_inputs(config, device)
         self.title = f"{config.preset or 'custom config'}: {paths.root.name}"
         self.stacked = config.data.dataset == "stacked-mnist"
-        self.evaluation_seed = config.train.seed + 1  # every evaluation's noise: a stream of its own, never training's
+        self.evaluation_seed = evaluation_seed(config)
         self.last_evaluation: tuple[int, int, dict] | None = None  # (epoch, samples, result) of the latest evaluation
         self.tensorboard: TensorBoardLog | None = None
         if config.train.eval_every and not self.stacked:
@@ -488,20 +495,20 @@ class RunOutputs:
         if epoch % schedule.checkpoint_every == 0 or last_epoch or state.checkpoint_due():
             state.save(self.paths.last_checkpoint)
         if sampling:
-            self.write(final=last_epoch)
+            self.write(epoch, final=last_epoch)
 
-    def finish(self) -> None:
-        """The final outputs of a run that stopped or ended: from the networks as they are now."""
+    def finish(self, epoch: int) -> None:
+        """The final outputs of a run that stopped or ended after ``epoch`` epochs: from the networks as they are now."""
         self._prepare_sampler()
-        self.write(final=True)
+        self.write(epoch, final=True)
 
-    def write(self, final: bool) -> None:
+    def write(self, epoch: int, final: bool) -> None:
         """Loss curves, GIF and the shareable generator: refreshed at sample times and at the end."""
         if self.paths.losses.is_file():
             plot_losses(read_csv_columns(self.paths.losses), self.paths.loss_curves, title=self.title)
         if final:
             save_gif(self.paths.sample_images(), self.paths.progress_gif)
-        save_generator(self.sampler, self.config.to_dict(), self.paths.generator, "ema" if self.has_ema else "raw")
+        save_generator(self.sampler, self.config.to_dict(), self.paths.generator, "ema" if self.has_ema else "raw", epoch)
         if final:
             refresh_report(self.paths.root)
 

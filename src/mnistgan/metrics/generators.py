@@ -26,6 +26,11 @@ def default_samples(dataset: str) -> int:
     return STACKED_SAMPLES if dataset == STACKED else 10_000
 
 
+def evaluation_seed(config: Config) -> int:
+    """The seed of a run's evaluations: a stream of its own, never training's (``train.seed``)."""
+    return config.train.seed + 1
+
+
 def score_generator(generator: nn.Module, model: ModelConfig, dataset: str, n: int, seed: int,
                     device: torch.device, reference: str = "test") -> dict:
     """Score ``n`` samples of ``generator`` (in eval mode, on ``device``) drawn from a CPU generator
