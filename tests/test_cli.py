@@ -220,7 +220,7 @@ def test_resume_from_a_directory_that_is_not_a_run(capsys, tmp_path):
 
 def test_resume_cannot_change_the_config(capsys, trained_run):
     line = one_error_line(capsys, ["train", "--resume", str(trained_run), "--lr", "0.1"])
-    assert_names(line, "--lr", "only --epochs and --device may change")
+    assert_names(line, "--lr", "only --epochs, --device and --tensorboard may change")
 
 
 def test_checkpoint_from_a_different_architecture(capsys, trained_run, tmp_path):

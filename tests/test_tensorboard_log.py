@@ -72,6 +72,17 @@ def test_a_resumed_run_continues_its_curves_and_logs_no_step_twice(tmp_path, mon
     assert [image.step for image in resumed.Images("samples")] == [8, 16, 24]
 
 
+def test_a_run_resumed_with_tensorboard_logs_from_where_it_resumed(tmp_path):
+    pytest.importorskip("tensorboard")
+    unlogged = {**SETTINGS, "train.tensorboard": False, "train.epochs": 1}
+    run = mnistgan.train("vanilla-gan", overrides=unlogged, out=tmp_path / "run").dir
+    assert not (run / "tensorboard").exists()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--tensorboard", "--no-progress"]) == 0
+    reader = events(run)
+    assert [step for step, _ in scalars(reader, "train/images_per_second")] == [16]  # epoch 2 only: epoch 1 was not logged
+    assert "tensorboard = true" in (run / "config.toml").read_text()
+
+
 def test_tensorboard_without_its_package_is_one_clear_error_before_training(tmp_path, monkeypatch, capsys):
     loaded = [name for name in sys.modules if name.startswith(("tensorboard", "torch.utils.tensorboard"))]
     for module in loaded:  # as if never installed: importing it again fails

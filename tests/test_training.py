@@ -492,7 +492,8 @@ def test_checkpoints_come_by_time_as_well_as_by_epochs(tmp_path, monkeypatch):
         original_save(self, path)
 
     monkeypatch.setattr(train_module.TrainingState, "save", recording_save)
-    monkeypatch.setattr(train_module.time, "monotonic", iter(range(0, 10**6, 3600)).__next__)  # an hour per look
+    # An hour per look, from far past the real clock: the state's start time was read before the patch.
+    monkeypatch.setattr(train_module.time, "monotonic", iter(range(10**9, 10**9 + 10**7, 3600)).__next__)
     mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.checkpoint_every": 100}, out=tmp_path / "run")
     mid_epoch = [entry for entry in saved if entry[2] > 0]
     assert mid_epoch and all(name == "last.pt" for name, _, _ in saved)

@@ -110,7 +110,7 @@ def _folder_safe(name: str) -> str:
 def _resume(run_dir: str | Path, data_dir, progress, **given) -> "Run":
     changed = [name for name, value in given.items() if name not in RESUMABLE_SHORTCUTS and value not in (None, [], {})]
     if changed:
-        allowed = " and ".join(option(name) for name in RESUMABLE_SHORTCUTS)
+        allowed = ", ".join(option(name) for name in RESUMABLE_SHORTCUTS[:-1]) + f" and {option(RESUMABLE_SHORTCUTS[-1])}"
         raise UserError(f"a resumed run continues as it was configured; only {allowed} may change "
                         f"(not {', '.join(option(name) for name in changed)})")
     paths, lock = lock_for_resume(Path(run_dir), is_main_process())

@@ -44,7 +44,7 @@ SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "channels": (("data.channels",), "your own images: 1 grey, 3 colour (default: as the files are)"),
 }
 # What a resumed run may change: anything else would not continue the same run.
-RESUMABLE_SHORTCUTS = ("epochs", "device")
+RESUMABLE_SHORTCUTS = ("epochs", "device", "tensorboard")  # a resume may start logging for TensorBoard
 
 
 def _range(low=None, high=None, low_open=False):
