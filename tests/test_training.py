@@ -247,6 +247,24 @@ def test_ema_weights_differ_from_raw_and_are_what_sample_uses(tmp_path):
     assert all(torch.equal(mnistgan.load(run.dir).generator.state_dict()[k], state["ema"][k]) for k in state["ema"])
 
 
+def test_an_ema_generator_with_batchnorm_samples_alike_from_its_checkpoint_and_its_file(tmp_path, monkeypatch):
+    # keras-dcgan's G has BatchNorm. Stopped mid-epoch, the checkpoint's EMA carries G's statistics (the
+    # step copies them), while the generator file holds ones measured for the averaged weights; loading
+    # the checkpoint measures them the same way.
+    interrupt_after_steps(monkeypatch, 11)
+    with pytest.raises(train_module.TrainingInterrupted):
+        mnistgan.train("keras-dcgan", overrides={**TINY_DCGAN, "train.epochs": 2, "train.ema_decay": 0.9}, out=tmp_path / "ema")
+    monkeypatch.undo()
+    run = tmp_path / "ema"
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    means = [k for k in state["ema"] if k.endswith("running_mean")]
+    from_file = mnistgan.load(run).generator.state_dict()
+    from_checkpoint = mnistgan.load(run, checkpoint=run / "checkpoints" / "last.pt").generator.state_dict()
+    assert means and any(not torch.allclose(from_file[k], state["ema"][k]) for k in means)
+    for key in from_file:
+        torch.testing.assert_close(from_checkpoint[key], from_file[key], rtol=1e-4, atol=1e-5)
+
+
 def test_conditional_sampling_returns_the_requested_digits_in_order(tmp_path):
     run = mnistgan.train("keras-dcgan", overrides={**TINY_DCGAN, "train.subset": 96}, conditional=True, out=tmp_path / "cond")
     grid = load_file(run.dir / "generator.safetensors")

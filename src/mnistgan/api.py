@@ -39,8 +39,8 @@ from .models import build_generator
 from .plots import image_grid
 from .report import refresh_report
 from .rundir import RunDirClaim, lock_for_resume, read_csv_columns, require_run_dir
-from .sampling import (CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, grid_classes, morph_inputs, sample_latent,
-                       walk_inputs)
+from .sampling import (CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, grid_classes, morph_inputs,
+                       refresh_batchnorm_statistics, sample_latent, walk_inputs)
 from .training import train as run_training
 from . import zoo
 
@@ -225,6 +225,10 @@ class Run:
                 raise UserError(f"{source}: {error}") from None
         network = build_generator(self.config.model)
         load_weights(network, weights, source)  # a run's architecture with another run's file: clear error
+        if source.suffix != ".safetensors" and state.get("ema") is not None:
+            # A checkpoint's EMA carries G's BatchNorm statistics; the generator file holds ones measured
+            # for the averaged weights (as training does before every grid and file): measure them here too.
+            refresh_batchnorm_statistics(network, self.config, torch.device("cpu"))
         return network.eval()
 
     def sample(self, n: int = 16, seed: int = 0, digit: int | None = None, device: str = "cpu") -> torch.Tensor:
