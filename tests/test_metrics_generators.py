@@ -1,0 +1,46 @@
+"""Scoring a generator: seeded samples, conditional accuracy from the same pass, the real floor where there is one."""
+
+import dataclasses
+
+import torch
+
+from mnistgan.config import load_preset
+from mnistgan.metrics.generators import STACKED, default_samples, evaluation_seed, metrics_record, real_floor, score_generator
+from mnistgan.models import build_generator
+
+from conftest import TINY_MLP
+
+
+def tiny_generator(conditional: bool):
+    config = load_preset("mlp-gan").replace({**TINY_MLP, "model.conditional": conditional})
+    torch.manual_seed(0)
+    return build_generator(config.model).eval(), config
+
+
+def test_the_same_seed_scores_the_same_samples_and_another_seed_others():
+    generator, config = tiny_generator(conditional=False)
+    first = score_generator(generator, config.model, "mnist", 100, seed=3, device=torch.device("cpu"))
+    again = score_generator(generator, config.model, "mnist", 100, seed=3, device=torch.device("cpu"))
+    other = score_generator(generator, config.model, "mnist", 100, seed=4, device=torch.device("cpu"))
+    assert first["n"] == 100 and first["fd"] == again["fd"] and other["fd"] != first["fd"]
+    assert "conditional_accuracy" not in first  # nothing was asked for
+
+
+def test_a_conditional_generator_is_scored_on_what_it_was_asked_for():
+    generator, config = tiny_generator(conditional=True)
+    result = score_generator(generator, config.model, "mnist", 100, seed=3, device=torch.device("cpu"))
+    assert 0 <= result["conditional_accuracy"] <= 1
+
+
+def test_the_record_says_what_the_numbers_were_measured_from():
+    _, config = tiny_generator(conditional=False)
+    record = metrics_record({"fd": 1.5}, config, evaluation_seed(config), "weights.safetensors", epoch=3)
+    assert record == {"fd": 1.5, "seed": config.train.seed + 1, "reference": "test", "weights": "weights.safetensors",
+                      "preset": "mlp-gan", "dataset": "mnist", "epoch": 3}
+    assert evaluation_seed(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=7))) == 8
+
+
+def test_the_real_floor_only_at_a_count_the_real_images_reach():
+    assert real_floor("mnist", 60_001, torch.device("cpu")) is None
+    assert real_floor("mnist", 100, torch.device("cpu"))["n"] == 100
+    assert (default_samples("mnist"), default_samples(STACKED)) == (10_000, 26_000)
