@@ -206,12 +206,14 @@ class Run:
             source = self.paths.generator if self.paths.generator.is_file() else self.paths.last_checkpoint
             if not source.is_file():
                 raise UserError(f"{self.paths.root} has no generator weights yet (no generator.safetensors or checkpoint)")
+        checkpoint_ema = False  # a checkpoint's EMA weights, whose BatchNorm statistics are G's
         if source.suffix == ".safetensors":
             config_dict, weights = read_generator_file(source)
             self.trained_epochs = generator_file_epoch(source)
         else:
             state = load_checkpoint(source)
-            config_dict, weights = state["config"], state["ema"] if state.get("ema") is not None else state["generator"]
+            checkpoint_ema = state.get("ema") is not None
+            config_dict, weights = state["config"], state["ema"] if checkpoint_ema else state["generator"]
             self.trained_epochs = state.get("epoch")
         self._weights_source = source
         broken = first_non_finite(weights)
@@ -225,7 +227,7 @@ class Run:
                 raise UserError(f"{source}: {error}") from None
         network = build_generator(self.config.model)
         load_weights(network, weights, source)  # a run's architecture with another run's file: clear error
-        if source.suffix != ".safetensors" and state.get("ema") is not None:
+        if checkpoint_ema:
             # A checkpoint's EMA carries G's BatchNorm statistics; the generator file holds ones measured
             # for the averaged weights (as training does before every grid and file): measure them here too.
             refresh_batchnorm_statistics(network, self.config, torch.device("cpu"))
