@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mnistgan.checkpoint import (CHECKPOINT_DIGEST_KEY, FORMAT_VERSION, content_digest, load_checkpoint,
-                                 read_generator_file, save_checkpoint, save_generator, generator_file_epoch)
+                                 read_generator_file, save_checkpoint, save_generator)
 from mnistgan.errors import UserError
 
 MARKER = 0.123456789  # every weight of the tiny network: its bytes repeat in the file, easy to find
@@ -108,7 +108,7 @@ def test_a_checkpoint_damaged_inside_a_tensor_is_refused(tmp_path):
 def test_a_generator_file_damaged_inside_a_tensor_is_refused(tmp_path):
     path = tmp_path / "generator.safetensors"
     save_generator(tiny_network(), {"model": {}}, path, "raw")
-    config, weights = read_generator_file(path)
+    config, weights, _ = read_generator_file(path)
     assert config == {"model": {}} and torch.equal(weights["weight"], torch.full((4, 8), MARKER))
     assert "writes it again" in refusal_of_damaged(read_generator_file, path)
 
@@ -116,9 +116,8 @@ def test_a_generator_file_damaged_inside_a_tensor_is_refused(tmp_path):
 def test_a_generator_file_says_how_many_epochs_its_weights_trained(tmp_path):
     save_generator(tiny_network(), {"model": {}}, tmp_path / "at-7.safetensors", "raw", epoch=7)
     save_generator(tiny_network(), {"model": {}}, tmp_path / "unknown.safetensors", "raw")
-    assert generator_file_epoch(tmp_path / "at-7.safetensors") == 7
-    assert generator_file_epoch(tmp_path / "unknown.safetensors") is None  # as files written before it said
-    assert generator_file_epoch(tmp_path / "missing.safetensors") is None
+    assert read_generator_file(tmp_path / "at-7.safetensors").epoch == 7
+    assert read_generator_file(tmp_path / "unknown.safetensors").epoch is None  # as files written before it said
 
 
 def test_files_written_before_the_digest_still_load(tmp_path):
@@ -133,8 +132,8 @@ def test_files_written_before_the_digest_still_load(tmp_path):
     metadata = {"format": "mnistgan-generator", "config": json.dumps({"model": {}}), "weights": "raw"}
     save_file(tensors, tmp_path / "old.safetensors", metadata=metadata)
     save_generator(tiny_network(), {"model": {}}, tmp_path / "new.safetensors", "raw")
-    old_config, old_weights = read_generator_file(tmp_path / "old.safetensors")
-    new_config, new_weights = read_generator_file(tmp_path / "new.safetensors")
+    old_config, old_weights, _ = read_generator_file(tmp_path / "old.safetensors")
+    new_config, new_weights, _ = read_generator_file(tmp_path / "new.safetensors")
     assert old_config == new_config
     assert_same(old_weights, new_weights)
 

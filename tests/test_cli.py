@@ -237,7 +237,7 @@ def test_checkpoint_from_a_different_architecture(capsys, trained_run, tmp_path)
     shutil.copy(tmp_path / "swapped.pt", copy / "checkpoints" / "last.pt")
     # Resuming refuses it before any weights load: the checkpoint was trained with another config.
     line = one_error_line(capsys, ["train", "--resume", str(copy), "--epochs", "3"])
-    assert_names(line, str(copy / "checkpoints" / "last.pt"), "model.generator_widths", "trained with")
+    assert_names(line, str(copy / "checkpoints" / "last.pt"), str(copy / "config.toml"), "model.generator_widths", "trained with")
 
 
 def test_a_file_that_is_not_a_checkpoint(capsys, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import first_non_finite, generator_file_epoch, load_checkpoint, load_weights, read_generator_file
+from .checkpoint import first_non_finite, load_checkpoint, load_weights, read_generator_file
 from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
 from .data import to_unit_range
@@ -208,8 +208,7 @@ class Run:
                 raise UserError(f"{self.paths.root} has no generator weights yet (no generator.safetensors or checkpoint)")
         checkpoint_ema = False  # a checkpoint's EMA weights, whose BatchNorm statistics are G's
         if source.suffix == ".safetensors":
-            config_dict, weights = read_generator_file(source)
-            self.trained_epochs = generator_file_epoch(source)
+            config_dict, weights, self.trained_epochs = read_generator_file(source)
         else:
             state = load_checkpoint(source)
             checkpoint_ema = state.get("ema") is not None

@@ -19,10 +19,10 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -246,8 +246,14 @@ def save_generator(network: nn.Module, config_dict: dict, path: Path, weights_ki
     write_bytes_atomically(path, safetensors_bytes(tensors, metadata=metadata), durable=True)
 
 
-def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config dict, weights) of a ``generator.safetensors`` file, checked against its digest when it has one."""
+class GeneratorFile(NamedTuple):
+    config: dict  # the run's config, as a dict
+    weights: dict[str, torch.Tensor]
+    epoch: int | None  # the epochs the weights trained for; files written before they said hold None
+
+
+def read_generator_file(path: Path) -> GeneratorFile:
+    """The contents of a ``generator.safetensors`` file, checked against its digest when it has one."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -255,7 +261,7 @@ def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        weights = load_file(str(path))
+            weights = {name: handle.get_tensor(name) for name in handle.keys()}
     except (OSError, SafetensorError) as error:
         raise UserError(f"{path} is not a readable safetensors file ({error})") from None
     if metadata.get("format") != "mnistgan-generator":
@@ -271,16 +277,5 @@ def read_generator_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if written is not None and written != content_digest(weights):
         raise UserError(f"{path} is damaged: its weights do not match the digest written with them; "
                         "a finished run's `mnistgan train --resume RUN_DIR` writes it again, or sample from the run's checkpoints/last.pt")
-    return config, weights
-
-
-def generator_file_epoch(path: Path) -> int | None:
-    """The epochs a generator file's weights trained for, if the file says (files written before it did do not)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            epoch = (handle.metadata() or {}).get("epoch", "")
-    except (OSError, SafetensorError):
-        return None
-    return int(epoch) if epoch.isdigit() else None
+    epoch = metadata.get("epoch", "")
+    return GeneratorFile(config, weights, int(epoch) if epoch.isdigit() else None)

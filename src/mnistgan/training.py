@@ -422,9 +422,10 @@ def _require_same_run(config: Config, trained: dict, path: Path) -> None:
             if any(dotted == k or (k.endswith(".") and dotted.startswith(k)) for k in RESUMABLE_KEYS):
                 continue
             if trained_config[section][key] != value:
-                raise UserError(f"config.toml says {dotted} = {value!r}, but {path} was trained with "
+                config_file = RunPaths(path.parent.parent).config  # the checkpoint lies in RUN/checkpoints/
+                raise UserError(f"{config_file} says {dotted} = {value!r}, but {path} was trained with "
                                 f"{trained_config[section][key]!r}; a run resumes only with the config it was "
-                                f"trained with: restore that value in config.toml, or start a new run")
+                                f"trained with: restore that value in {config_file.name}, or start a new run")
 
 
 # The numbers a run tracks, in order: metrics.csv's columns, the final evaluation's line, TensorBoard's
