@@ -54,7 +54,9 @@ def test_an_integer_is_accepted_where_a_float_is_expected():
     ({"model.generator_widths": []}, "must be a non-empty list"),
     ({"model.generator_widths": [0, 3]}, "positive integers"),
     ({"model.generator_strides": [1, 2]}, "one stride per transposed conv"),
-    ({"model.generator_strides": [3, 2, 2]}, "does not divide 28"),
+    ({"model.generator_strides": [3, 2, 2]}, "cannot grow 3x3 into 7x7"),
+    ({"model.generator_widths": [64, 32, 16, 8], "model.generator_strides": [2, 2, 2, 2], "model.kernel_size": 4},
+     "cannot grow 4x4 into 7x7"),  # an even kernel makes only even sizes at stride 2
     ({"train.update": "simultaneous", "train.d_steps": 2}, "needs train.update = 'alternating'"),
 ])
 def test_bad_values_name_the_key(override, message):

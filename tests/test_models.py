@@ -5,7 +5,7 @@ from mnistgan.config import load_preset
 from mnistgan.errors import UserError
 from mnistgan.models import build_discriminator, build_generator, count_parameters
 from mnistgan.sampling import sample_latent
-from mnistgan.models.dcgan import same_transposed_padding
+from mnistgan.models.dcgan import generator_sizes, transposed_padding
 
 # Trainable parameter counts. The TF tutorial's are Keras' model.summary() totals minus BatchNorm's
 # non-trainable moving statistics (G 2,330,944 - 25,472; D 212,865).
@@ -91,9 +91,34 @@ def test_keras_semantics_are_applied():
 
 @pytest.mark.parametrize("kernel, stride", [(5, 1), (5, 2), (4, 2), (3, 2), (3, 1)])
 def test_same_padding_multiplies_size_by_stride(kernel, stride):
-    padding, output_padding = same_transposed_padding(kernel, stride)
+    padding, output_padding = transposed_padding(kernel, stride, 7, 7 * stride)
     layer = torch.nn.ConvTranspose2d(1, 1, kernel, stride, padding, output_padding)
     assert layer(torch.zeros(1, 1, 7, 7)).shape[-1] == 7 * stride
+
+
+def test_odd_sizes_grow_as_tensorflows_same_padding_makes_them():
+    assert generator_sizes([2, 2, 2, 2]) == [2, 4, 7, 14, 28] and generator_sizes([1, 2, 2]) == [7, 7, 14, 28]
+    padding, output_padding = transposed_padding(5, 2, 4, 7)
+    assert torch.nn.ConvTranspose2d(1, 1, 5, 2, padding, output_padding)(torch.zeros(1, 1, 4, 4)).shape[-1] == 7
+    assert transposed_padding(4, 2, 4, 7) is None  # an even kernel at stride 2 makes even sizes only
+
+
+def test_a_four_layer_dcgan_with_relu_in_g_and_batchnorm_in_d_maps_noise_to_stacks_and_back():
+    # The VEEGAN setup's DCGAN: G 2x2x512 -> 4 -> 7 -> 14 -> 28 with ReLU, D four stride-2 convs
+    # 28 -> 14 -> 7 -> 4 -> 2, BatchNorm after all but the first.
+    config = load_preset("tf-dcgan-tutorial").replace({
+        "model.channels": 3, "model.generator_widths": [32, 16, 8, 4], "model.generator_strides": [2, 2, 2, 2],
+        "model.discriminator_widths": [4, 8, 16, 32], "model.discriminator_batchnorm": True,
+        "model.generator_activation": "relu"}).model
+    generator, discriminator = build_generator(config), build_discriminator(config)
+    images = generator(torch.randn(5, 100))
+    assert images.shape == (5, 3, 28, 28) and discriminator(images).shape == (5,)
+    assert generator.project[0].out_features == 32 * 2 * 2
+    relus = [m for m in generator.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert relus and all(m.negative_slope == 0.0 for m in relus)
+    assert all(m.negative_slope == config.leaky_slope > 0 for m in discriminator.modules() if isinstance(m, torch.nn.LeakyReLU))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in discriminator.modules()) == 3
+    assert discriminator.head.in_features == 32 * 2 * 2
 
 
 def test_uniform_latent_is_in_range():
@@ -280,7 +305,14 @@ def test_a_packed_discriminator_scores_each_pack_of_images_joined_along_channels
 def test_the_stacked_presets_differ_only_in_what_they_test():
     dcgan, pacgan = load_preset("stacked-dcgan"), load_preset("stacked-pacgan")
     assert pacgan.model.pack == 2 and dcgan.model.pack == 1
-    assert pacgan.replace({"model.pack": 1, "description": dcgan.description}).to_dict() == {**dcgan.to_dict(), "preset": "stacked-pacgan"}
+    # D scores 64 samples or 64 packs of 2 a batch, as the papers' code did.
+    assert pacgan.train.batch_size == 2 * dcgan.train.batch_size == 128
+    unpacked = pacgan.replace({"model.pack": 1, "train.batch_size": 64, "description": dcgan.description})
+    assert unpacked.to_dict() == {**dcgan.to_dict(), "preset": "stacked-pacgan"}
+    # The VEEGAN setup's DCGAN: 2x2x512 start, four 5x5 layers each way, ReLU in G, BatchNorm in D, two G updates.
+    assert (dcgan.model.generator_strides, dcgan.model.kernel_size, dcgan.model.discriminator_widths) == (
+        [2, 2, 2, 2], 5, [64, 128, 256, 512])
+    assert (dcgan.model.generator_activation, dcgan.model.discriminator_batchnorm, dcgan.train.g_steps) == ("relu", True, 2)
     r3gan, stacked = load_preset("r3gan"), load_preset("stacked-r3gan")
     assert stacked.data.dataset == "stacked-mnist" and r3gan.data.dataset == "mnist"
     assert stacked.model == r3gan.model and stacked.loss == r3gan.loss and stacked.optim == r3gan.optim

@@ -159,6 +159,19 @@ def test_d_steps_update_d_more_often(tmp_path):
     assert (g_steps, d_steps) == (4, 8)  # 256 images / (32 x 2) = 4 G steps, each after 2 D steps
 
 
+@pytest.mark.parametrize("loss, real_batches", [("non-saturating", 1), ("relativistic", 3)])
+def test_g_steps_update_g_more_often_and_resume_exactly(tmp_path, loss, real_batches):
+    settings = {**TINY_MLP, "train.g_steps": 2, "train.epochs": 2, "loss.adversarial": loss}
+    run = mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "straight")
+    state = load_checkpoint(run.dir / "checkpoints" / "last.pt")
+    steps = 2 * (256 // (32 * real_batches))  # 2 epochs; each relativistic G update reads a fresh real batch too
+    assert int(state["d_optimizer"]["state"][0]["step"]) == steps
+    assert int(state["g_optimizer"]["state"][0]["step"]) == 2 * steps
+    mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
+    mnistgan.train(resume=tmp_path / "resumed", epochs=2)
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
+
+
 def test_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no full batch"):
         mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.subset": 10}, out=tmp_path / "x")

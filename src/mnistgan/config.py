@@ -72,15 +72,17 @@ class ModelConfig:
     conditional: bool = False  # generate a requested digit: labels feed both networks
     # mlp: hidden widths; dcgan: channels of the 7x7 projection, then of each transposed conv before the output
     generator_widths: list[int] = field(default_factory=lambda: [256, 128, 64])
-    # dcgan only: stride of each transposed conv, the output layer's last (their product upsamples to 28x28)
+    # dcgan only: stride of each transposed conv, the output layer's last; the projection's side is 28
+    # divided by each stride in turn, rounded up ([2, 2, 2, 2]: 2x2 -> 4 -> 7 -> 14 -> 28)
     generator_strides: list[int] = field(default_factory=lambda: [1, 2, 2])
-    # mlp: hidden widths; dcgan: channels of each stride-2 conv
+    # mlp: hidden widths; dcgan: channels of each stride-2 conv (28 -> 14 -> 7 -> 4 -> 2 with kernel 5)
     discriminator_widths: list[int] = field(default_factory=lambda: [64, 128])
     kernel_size: int = field(default=5, metadata=_range(1, 9))  # dcgan: square kernel of every conv layer
     # dcgan: order of G's projected and D's flattened features; "hwc" as Keras (runs written before
     # this key existed used "chw", and their stored configs are read that way)
     feature_order: Literal["hwc", "chw"] = "hwc"
     leaky_slope: float = field(default=0.2, metadata=_range(0.0, 1.0))  # negative slope of LeakyReLU
+    generator_activation: Literal["leaky-relu", "relu"] = "leaky-relu"  # G's hidden layers; DCGAN's own G used ReLU
     generator_dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))  # dropout after G's hidden layers
     discriminator_dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))  # dropout after D's hidden layers
     generator_batchnorm: bool = True  # BatchNorm after G's hidden layers
@@ -123,6 +125,9 @@ class TrainConfig:
     batch_size: int = field(default=128, metadata=_range(1, 65_536))  # real images per D step (global, all GPUs)
     update: Literal["alternating", "simultaneous"] = "alternating"  # D then G, or both from one forward pass
     d_steps: int = field(default=1, metadata=_range(1, 100))  # D updates per G update (alternating only)
+    # G updates per step, each after the first on fresh noise (alternating only): DCGAN-tensorflow's two,
+    # which the VEEGAN and PacGAN Stacked MNIST tables used
+    g_steps: int = field(default=1, metadata=_range(1, 100))
     ema_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))  # EMA of G weights for sampling, 0 = off
     ema_start_epoch: int = field(default=0, metadata=_range(0))  # the EMA copies G until this epoch ends
     seed: int = field(default=0, metadata=_range(0, 2**63 - 1))
@@ -282,15 +287,24 @@ def _check_consistency(config: Config) -> None:
                 "model.generator_strides needs one stride per transposed conv: as many as model.generator_widths "
                 f"({len(model.generator_widths)}), the last for the output layer; got {len(model.generator_strides)}"
             )
-        upsampling = math.prod(model.generator_strides)
-        if 28 % upsampling or upsampling not in (1, 2, 4, 7, 14, 28):
-            raise UserError(f"model.generator_strides multiply to {upsampling}, which does not divide 28 into a start size; use e.g. [1, 2, 2]")
         if 1 in model.generator_strides and model.kernel_size % 2 == 0:
             raise UserError("a stride-1 transposed conv keeps the size only with an odd model.kernel_size")
         if model.kernel_size < max(model.generator_strides):
             raise UserError("model.kernel_size must be at least the largest generator stride")
-        if len(model.discriminator_widths) > 2:
-            raise UserError("dcgan discriminators downsample 28 -> 14 -> 7 with stride-2 convs: at most 2 model.discriminator_widths")
+        from .models.dcgan import generator_sizes, transposed_padding  # the networks' own arithmetic
+
+        sizes = generator_sizes(model.generator_strides)
+        for stride, size_in, size_out in zip(model.generator_strides, sizes, sizes[1:]):
+            if transposed_padding(model.kernel_size, stride, size_in, size_out) is None:
+                raise UserError(f"model.generator_strides {model.generator_strides} with model.kernel_size {model.kernel_size} "
+                                f"cannot grow {size_in}x{size_in} into {size_out}x{size_out} on the way to 28x28; "
+                                "use strides of 1 and 2 with an odd kernel, e.g. [1, 2, 2]")
+        size, padding = 28, (model.kernel_size - 1) // 2
+        for _ in model.discriminator_widths:
+            size = (size + 2 * padding - model.kernel_size) // 2 + 1
+        if size < 1:
+            raise UserError(f"{len(model.discriminator_widths)} stride-2 convs of kernel {model.kernel_size} shrink 28x28 "
+                            "to nothing: use fewer model.discriminator_widths")
     if model.pack > 1:
         if model.conditional:
             raise UserError("model.pack > 1 packs unconditional samples: a packed score has no single label; "
@@ -301,8 +315,8 @@ def _check_consistency(config: Config) -> None:
     if 0 < train.final_eval_samples < MIN_SCORED_SAMPLES:
         raise UserError(f"train.final_eval_samples = {train.final_eval_samples} is too few to score; use at least "
                         f"{MIN_SCORED_SAMPLES} (10000 is the convention), or 0 for no final evaluation")
-    if train.update == "simultaneous" and train.d_steps != 1:
-        raise UserError("train.d_steps > 1 needs train.update = 'alternating'")
+    if train.update == "simultaneous" and (train.d_steps != 1 or train.g_steps != 1):
+        raise UserError("train.d_steps or train.g_steps > 1 needs train.update = 'alternating'")
     if config.loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:
         raise UserError("wasserstein-gp's gradient penalty is per sample: turn off model.discriminator_batchnorm")
 

@@ -1,10 +1,11 @@
-"""One training step (D update(s), then the G update, then the EMA) and what runs it.
+"""One training step (D update(s), then the G update(s), then the EMA) and what runs it.
 
-A step is one generator update and the discriminator update(s) before it. The update order and
-count come from the config (``train.update``, ``train.d_steps``), never from code per preset. The
-data set lives on the training device as uint8; each step gathers its batch from the epoch's
-permutation with a device-side cursor and writes its statistics into a device buffer, so a step
-needs nothing from the host: the same step runs eagerly or captured into CUDA graphs.
+A step is the discriminator update(s) and the generator update(s) after them (one of each unless the
+config says). The update order and counts come from the config (``train.update``, ``train.d_steps``,
+``train.g_steps``), never from code per preset. The data set lives on the training device as uint8;
+each step gathers its batch from the epoch's permutation with a device-side cursor and writes its
+statistics into a device buffer, so a step needs nothing from the host: the same step runs eagerly
+or captured into CUDA graphs.
 
 To change the optimizers or add a learning-rate schedule: ``make_optimizer`` (and ``OptimConfig``).
 To add a loss: ``losses.py`` (and ``LossConfig``); the step calls it by name.
@@ -29,9 +30,9 @@ STAT_COLUMNS = ("d_loss", "g_loss", "d_real", "d_fake")  # what each step record
 
 
 def real_batches_per_step(config: Config) -> int:
-    """Real batches one step reads: one per D update, and a fresh one for the relativistic G update."""
+    """Real batches one step reads: one per D update, and a fresh one for each relativistic G update."""
     relativistic_g = config.loss.adversarial == "relativistic" and config.train.update == "alternating"
-    return config.train.d_steps + relativistic_g
+    return config.train.d_steps + relativistic_g * config.train.g_steps
 GRAPH_WARMUP_STEPS = 3  # eager steps before CUDA graph capture (lazy state, cuDNN autotuning)
 
 
@@ -158,8 +159,18 @@ class TrainingStep:
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_optimizer.step()
-        # G update: the updated D scores the kept fakes; gradients flow to G's parameters only.
-        # D's parameters are frozen meanwhile: a compiled backward would compute their gradients too.
+        g_loss = self._generator_update(fake, fake_labels)
+        for _ in range(self.config.train.g_steps - 1):  # further G updates, each on fresh noise
+            z, fake_labels = self._noise()
+            with self.autocast:
+                fake = self.generator_train(z, fake_labels)
+            g_loss = self._generator_update(fake, fake_labels)
+        return torch.stack([d_loss.detach(), g_loss.detach(),
+                            losses.score_summary(self.loss_kind, real_scores), losses.score_summary(self.loss_kind, fake_scores)])
+
+    def _generator_update(self, fake, fake_labels) -> torch.Tensor:
+        # The updated D scores G's fakes; gradients flow to G's parameters only. D's parameters are
+        # frozen meanwhile: a compiled backward would compute their gradients too.
         self.discriminator.requires_grad_(False)
         try:
             with self.autocast:
@@ -175,8 +186,7 @@ class TrainingStep:
         self.g_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(g_loss, inputs=self.g_parameters)
         self.g_optimizer.step()
-        return torch.stack([d_loss.detach(), g_loss.detach(),
-                            losses.score_summary(self.loss_kind, real_scores), losses.score_summary(self.loss_kind, fake_scores)])
+        return g_loss
 
     def _simultaneous_step(self) -> torch.Tensor:
         # Both networks step from one forward pass (the TF tutorial's two gradient tapes):

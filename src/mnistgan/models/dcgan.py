@@ -7,13 +7,24 @@ import math
 import torch
 from torch import nn
 
-from .layers import LabelInput, hidden_block, projected_logits
+from .layers import LabelInput, generator_slope, hidden_block, projected_logits
 
 
-def same_transposed_padding(kernel: int, stride: int) -> tuple[int, int]:
-    """(padding, output_padding) so that a transposed conv multiplies the size by ``stride`` ('same')."""
+def generator_sizes(strides: list[int], size: int = 28) -> list[int]:
+    """The side of G's feature maps from the projection to the image, as TensorFlow's 'same' padding
+    gives them: each transposed conv of stride s turns ceil(n / s) into n (4 -> 7 for a 2x2 start)."""
+    sizes = [size]
+    for stride in reversed(strides):
+        sizes.insert(0, math.ceil(sizes[0] / stride))
+    return sizes
+
+
+def transposed_padding(kernel: int, stride: int, size_in: int, size_out: int) -> tuple[int, int] | None:
+    """(padding, output_padding) of a transposed conv that turns ``size_in`` into ``size_out``; None
+    where this kernel cannot (an even kernel makes only even sizes at stride 2)."""
     padding = math.ceil((kernel - stride) / 2)
-    return padding, 2 * padding - (kernel - stride)
+    output_padding = size_out - ((size_in - 1) * stride - 2 * padding + kernel)
+    return (padding, output_padding) if 0 <= output_padding < stride else None
 
 
 class DCGANGenerator(nn.Module):
@@ -24,6 +35,7 @@ class DCGANGenerator(nn.Module):
 
     With the tf-dcgan-tutorial widths [256, 128, 64] and strides [1, 2, 2]:
     (N, 100) -> (N, 12544) -> (N, 256, 7, 7) -> (N, 128, 7, 7) -> (N, 64, 14, 14) -> (N, 1, 28, 28).
+    With four stride-2 layers the projection is 2x2, then 4x4, 7x7, 14x14, 28x28 (the VEEGAN setup's G).
     """
 
     def __init__(self, config):
@@ -31,22 +43,26 @@ class DCGANGenerator(nn.Module):
         self.label_input = LabelInput(config.num_classes, config.embedding_dim) if config.conditional else None
         in_features = config.latent_dim + (config.embedding_dim if config.conditional else 0)
         widths, strides, kernel = config.generator_widths, config.generator_strides, config.kernel_size
-        self.start_size = 28 // math.prod(strides)
+        sizes = generator_sizes(strides)
+        self.start_size = sizes[0]
         self.start_channels = widths[0]
         self.feature_order = config.feature_order
         projected = widths[0] * self.start_size**2
         # BatchNorm over the flat projection (per feature), as Keras does before the Reshape.
+        slope = generator_slope(config)
         self.project = nn.Sequential(
             *hidden_block(nn.Linear(in_features, projected, bias=config.generator_bias), projected,
-                          config.generator_batchnorm, 1, config, config.generator_dropout)
+                          config.generator_batchnorm, 1, config, config.generator_dropout, slope)
         )
         layers: list[nn.Module] = []
-        for in_channels, out_channels, stride in zip(widths, widths[1:], strides):
-            padding, output_padding = same_transposed_padding(kernel, stride)
-            conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride, padding, output_padding, bias=config.generator_bias)
-            layers += hidden_block(conv, out_channels, config.generator_batchnorm, 2, config, config.generator_dropout)
-        padding, output_padding = same_transposed_padding(kernel, strides[-1])
-        layers += [nn.ConvTranspose2d(widths[-1], config.channels, kernel, strides[-1], padding, output_padding, bias=config.output_bias), nn.Tanh()]
+        for index, (in_channels, out_channels) in enumerate(zip(widths, [*widths[1:], config.channels])):
+            padding, output_padding = transposed_padding(kernel, strides[index], sizes[index], sizes[index + 1])
+            bias = config.generator_bias if index < len(widths) - 1 else config.output_bias
+            conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, strides[index], padding, output_padding, bias=bias)
+            if index < len(widths) - 1:
+                layers += hidden_block(conv, out_channels, config.generator_batchnorm, 2, config, config.generator_dropout, slope)
+            else:
+                layers += [conv, nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,16 +6,23 @@ import torch
 from torch import nn
 
 
-def hidden_block(layer: nn.Module, features: int, batchnorm: bool, dims: int, config, dropout: float) -> list[nn.Module]:
-    """layer -> [BatchNorm] -> LeakyReLU -> [Dropout], the unit both architectures stack."""
+def hidden_block(layer: nn.Module, features: int, batchnorm: bool, dims: int, config, dropout: float,
+                 slope: float | None = None) -> list[nn.Module]:
+    """layer -> [BatchNorm] -> LeakyReLU (``slope``, default the config's) -> [Dropout], the unit both
+    architectures stack."""
     modules = [layer]
     if batchnorm:
         norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
         modules.append(norm(features, momentum=config.batchnorm_momentum, eps=config.batchnorm_eps))
-    modules.append(nn.LeakyReLU(config.leaky_slope))
+    modules.append(nn.LeakyReLU(config.leaky_slope if slope is None else slope))
     if dropout > 0:
         modules.append(Dropout(dropout))
     return modules
+
+
+def generator_slope(config) -> float:
+    """The negative slope of G's hidden activations: the config's LeakyReLU, or 0 for DCGAN's ReLU."""
+    return 0.0 if config.generator_activation == "relu" else config.leaky_slope
 
 
 class Dropout(nn.Dropout):

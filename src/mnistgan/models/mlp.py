@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LabelInput, hidden_block
+from .layers import LabelInput, generator_slope, hidden_block
 
 SIDE = 28  # images are SIDE x SIDE with config.channels channels
 
@@ -21,7 +21,8 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         for hidden in config.generator_widths:
             linear = nn.Linear(width, hidden, bias=config.generator_bias)
-            layers += hidden_block(linear, hidden, config.generator_batchnorm, 1, config, config.generator_dropout)
+            layers += hidden_block(linear, hidden, config.generator_batchnorm, 1, config, config.generator_dropout,
+                                   generator_slope(config))
             width = hidden
         layers += [nn.Linear(width, config.channels * SIDE * SIDE, bias=config.output_bias), nn.Tanh()]
         self.net = nn.Sequential(*layers)
