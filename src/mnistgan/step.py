@@ -209,8 +209,8 @@ class TrainingStep:
     @torch.no_grad()
     def _update_ema(self) -> None:
         # ema += (1 - decay) * (g - ema) in one pass over the weights, with the weight a device
-        # tensor so graphs see its current value.
-        torch._foreach_lerp_(self.ema_parameters, [p.detach() for p in self.g_parameters], self.ema_weights)
+        # tensor so graphs see its current value. G's parameters are read as they are: no_grad.
+        torch._foreach_lerp_(self.ema_parameters, self.g_parameters, self.ema_weights)
         if self.ema_buffers:
             torch._foreach_copy_(self.ema_buffers, self.g_buffers)
 
