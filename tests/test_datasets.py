@@ -75,8 +75,9 @@ def test_unknown_dataset_names_are_one_line_listing_them(name):
 
 def tiny_for(preset: str) -> dict:
     """The preset at a fraction of its width (conv presets keep their number of layers)."""
-    widths = {"tf-dcgan-tutorial": [16, 8, 4], "keras-dcgan": [16, 8, 4], "compact-dcgan": [16, 8]}.get(preset)
-    shapes = ({"model.generator_widths": widths, "model.discriminator_widths": [8, 16]} if widths
+    widths = {"tf-dcgan-tutorial": ([16, 8, 4], [8, 16]), "keras-dcgan": ([16, 8, 4], [8, 16]), "compact-dcgan": ([16, 8], [8, 16]),
+              "stacked-dcgan": ([16, 8, 8, 4], [4, 8, 8, 16]), "stacked-pacgan": ([16, 8, 8, 4], [4, 8, 8, 16])}.get(preset)
+    shapes = ({"model.generator_widths": widths[0], "model.discriminator_widths": widths[1]} if widths
               else {"model.generator_widths": [32, 64], "model.discriminator_widths": [64, 32]})
     return {**TINY, **shapes, "train.subset": 64}
 
