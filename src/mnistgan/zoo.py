@@ -43,6 +43,10 @@ REGISTRY: dict[str, Pretrained] = {
         file="recommended.safetensors", sha256="2018f3d7dae405dc4bb8c712bd286fafa37d5f7b20d3a996a194c4446759e93e",
         description="recommended (class-conditional MLP, EMA), its full 200 epochs, trained on a CPU",
         card="docs/pretrained/recommended.md"),
+    "unconditional": Pretrained(
+        file="unconditional.safetensors", sha256="03fa6d58efc33515933c48b98bb8acbf1c506300a1a3ed1664b0487506690152",
+        description="recommended's recipe without labels (MLP, EMA), its full 200 epochs, trained on a CPU",
+        card="docs/pretrained/unconditional.md"),
 }
 
 
