@@ -291,7 +291,7 @@ def _check_consistency(config: Config) -> None:
             raise UserError("a stride-1 transposed conv keeps the size only with an odd model.kernel_size")
         if model.kernel_size < max(model.generator_strides):
             raise UserError("model.kernel_size must be at least the largest generator stride")
-        from .models.dcgan import generator_sizes, transposed_padding  # the networks' own arithmetic
+        from .models.dcgan import discriminator_size, generator_sizes, transposed_padding  # the networks' own arithmetic
 
         sizes = generator_sizes(model.generator_strides)
         for stride, size_in, size_out in zip(model.generator_strides, sizes, sizes[1:]):
@@ -299,10 +299,7 @@ def _check_consistency(config: Config) -> None:
                 raise UserError(f"model.generator_strides {model.generator_strides} with model.kernel_size {model.kernel_size} "
                                 f"cannot grow {size_in}x{size_in} into {size_out}x{size_out} on the way to 28x28; "
                                 "use strides of 1 and 2 with an odd kernel, e.g. [1, 2, 2]")
-        size, padding = 28, (model.kernel_size - 1) // 2
-        for _ in model.discriminator_widths:
-            size = (size + 2 * padding - model.kernel_size) // 2 + 1
-        if size < 1:
+        if discriminator_size(model.kernel_size, len(model.discriminator_widths)) < 1:
             raise UserError(f"{len(model.discriminator_widths)} stride-2 convs of kernel {model.kernel_size} shrink 28x28 "
                             "to nothing: use fewer model.discriminator_widths")
     if model.pack > 1:

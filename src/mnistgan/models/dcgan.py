@@ -19,6 +19,14 @@ def generator_sizes(strides: list[int], size: int = 28) -> list[int]:
     return sizes
 
 
+def discriminator_size(kernel: int, convs: int, size: int = 28) -> int:
+    """The side of D's last feature map after ``convs`` stride-2 convs of ``kernel`` ('same' padding)."""
+    padding = (kernel - 1) // 2
+    for _ in range(convs):
+        size = (size + 2 * padding - kernel) // 2 + 1
+    return size
+
+
 def transposed_padding(kernel: int, stride: int, size_in: int, size_out: int) -> tuple[int, int] | None:
     """(padding, output_padding) of a transposed conv that turns ``size_in`` into ``size_out``; None
     where this kernel cannot (an even kernel makes only even sizes at stride 2)."""
@@ -55,14 +63,12 @@ class DCGANGenerator(nn.Module):
                           config.generator_batchnorm, 1, config, config.generator_dropout, slope)
         )
         layers: list[nn.Module] = []
-        for index, (in_channels, out_channels) in enumerate(zip(widths, [*widths[1:], config.channels])):
-            padding, output_padding = transposed_padding(kernel, strides[index], sizes[index], sizes[index + 1])
-            bias = config.generator_bias if index < len(widths) - 1 else config.output_bias
-            conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, strides[index], padding, output_padding, bias=bias)
-            if index < len(widths) - 1:
-                layers += hidden_block(conv, out_channels, config.generator_batchnorm, 2, config, config.generator_dropout, slope)
-            else:
-                layers += [conv, nn.Tanh()]
+        for in_channels, out_channels, stride, size_in, size_out in zip(widths, widths[1:], strides, sizes, sizes[1:]):
+            padding, output_padding = transposed_padding(kernel, stride, size_in, size_out)
+            conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride, padding, output_padding, bias=config.generator_bias)
+            layers += hidden_block(conv, out_channels, config.generator_batchnorm, 2, config, config.generator_dropout, slope)
+        padding, output_padding = transposed_padding(kernel, strides[-1], sizes[-2], sizes[-1])
+        layers += [nn.ConvTranspose2d(widths[-1], config.channels, kernel, strides[-1], padding, output_padding, bias=config.output_bias), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,15 +97,15 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         kernel, padding = config.kernel_size, (config.kernel_size - 1) // 2
         layers: list[nn.Module] = []
-        in_channels, size = config.channels, 28
+        in_channels = config.channels
         for index, out_channels in enumerate(config.discriminator_widths):
             conv = nn.Conv2d(in_channels, out_channels, kernel, 2, padding)
             batchnorm = config.discriminator_batchnorm and index > 0
             layers += hidden_block(conv, out_channels, batchnorm, 2, config, config.discriminator_dropout)
-            in_channels, size = out_channels, (size + 2 * padding - kernel) // 2 + 1
+            in_channels = out_channels
         self.net = nn.Sequential(*layers)
         self.feature_order = config.feature_order
-        features = in_channels * size * size
+        features = in_channels * discriminator_size(kernel, len(config.discriminator_widths)) ** 2
         self.head = nn.Linear(features, 1)
         self.label_projection = nn.Embedding(config.num_classes, features) if config.conditional else None
 
