@@ -337,6 +337,27 @@ def test_a_finished_run_is_scored_beside_the_real_data(tmp_path, capsys):
     assert "100 samples against the test set" in report and "Stale" not in report
 
 
+def test_each_line_reaches_a_redirected_stdout_as_it_is_said(tmp_path, monkeypatch):
+    # Redirected to a file (`nohup mnistgan train > log`), print buffers: each line must be flushed.
+    import io
+
+    class Recorder(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.flushed = []
+
+        def flush(self):
+            self.flushed.append(self.getvalue())
+
+    recorder = Recorder()
+    monkeypatch.setattr("sys.stdout", recorder)
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2}, out=tmp_path / "run")
+    lines = recorder.getvalue().splitlines()
+    assert any(line.startswith("epoch    2/2") for line in lines)
+    for count in range(1, len(lines) + 1):  # after every line there was a flush with it, before the next
+        assert any(text.count("\n") == count for text in recorder.flushed), lines[count - 1]
+
+
 def test_a_conditional_runs_final_evaluation_is_what_evaluate_measures_on_the_same_seed(tmp_path):
     # One scoring function: the same noise, the same drawn classes, the same accuracy from the same pass.
     run = mnistgan.train("mlp-gan", overrides={**FINAL, "model.conditional": True}, out=tmp_path / "conditional")

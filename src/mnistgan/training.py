@@ -610,6 +610,7 @@ class StopControl:
             return
         try:
             self.log(*args, **kwargs)
+            sys.stdout.flush()  # each line at once, also in a log file (`nohup mnistgan train > log`)
         except BrokenPipeError:  # the reader left; stop as for Ctrl-C, all processes together
             self.log_closed = True
             self.pipe_closed()
