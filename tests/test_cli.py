@@ -411,7 +411,7 @@ def test_evaluate_repeats_a_runs_final_evaluation_and_keeps_its_floor(capsys, tm
     import json
 
     run = tmp_path / "run"
-    assert main(["train", "--preset", "mlp-gan", "--out", str(run), *TINY_ARGS, "--final-eval-samples", "200"]) == 0
+    assert main(["train", "--preset", "mlp-gan", "--out", str(run), "--epochs", "1", *TINY_ARGS, "--final-eval-samples", "200"]) == 0
     final = json.loads((run / "metrics.json").read_text())
     assert main(["evaluate", "--run", str(run), "--n", "200", "--device", "cpu"]) == 0  # the run's own seed by default
     again = json.loads((run / "metrics.json").read_text())
