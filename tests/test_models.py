@@ -4,6 +4,7 @@ import torch
 from mnistgan.config import load_preset
 from mnistgan.errors import UserError
 from mnistgan.models import build_discriminator, build_generator, count_parameters
+from mnistgan.metrics.modes import STACKED_SAMPLES
 from mnistgan.sampling import sample_latent
 from mnistgan.models.dcgan import generator_sizes, transposed_padding
 
@@ -314,6 +315,9 @@ def test_the_stacked_presets_differ_only_in_what_they_test():
         [2, 2, 2, 2], 5, [64, 128, 256, 512])
     assert (dcgan.model.generator_activation, dcgan.model.discriminator_batchnorm, dcgan.train.g_steps) == ("relu", True, 2)
     r3gan, stacked = load_preset("r3gan"), load_preset("stacked-r3gan")
+    # Every evaluation counts modes on the papers' 26,000 samples: fewer cap the modes a run can show.
+    for preset in (dcgan, pacgan, stacked):
+        assert preset.train.eval_samples == preset.train.final_eval_samples == STACKED_SAMPLES
     assert stacked.data.dataset == "stacked-mnist" and r3gan.data.dataset == "mnist"
     assert stacked.model == r3gan.model and stacked.loss == r3gan.loss and stacked.optim == r3gan.optim
     # R3GAN's loss: relativistic with both penalties every step, Adam beta1 = 0, no normalisation.
