@@ -19,10 +19,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import mnistgan
+from mnistgan.checkpoint import load_checkpoint
 from mnistgan.datasets import STACKED_TRAIN_IMAGES
 from mnistgan.devices import cpu_description, describe_cpu, resolve_device
 from mnistgan.metrics.modes import STACKED_SAMPLES
@@ -84,15 +84,20 @@ def train_and_score(preset: str, seed: int, epochs: int, device, args) -> dict:
     """Train ``preset`` (or finish an interrupted run of it) for ``epochs`` passes and score 26,000 samples."""
     out = args.out / f"{preset}-{epochs}ep-seed{seed}"
     overrides = {"performance.threads": args.threads} if args.threads else {}
-    started = time.perf_counter()
-    if (out / "config.toml").exists():
-        run = mnistgan.train(resume=out, epochs=epochs, progress=False)
-    else:
-        run = mnistgan.train(preset, epochs=epochs, seed=seed, device=str(device), out=out, overrides=overrides, progress=False)
-    seconds = time.perf_counter() - started
-    scores = finished_scores(out, epochs) or run.evaluate(n=STACKED_SAMPLES, device=str(device))
+    scores = finished_scores(out, epochs)  # a finished, scored run is read, not scored again
+    if scores is None:
+        if (out / "config.toml").exists():
+            run = mnistgan.train(resume=out, epochs=epochs, progress=False)
+        else:
+            run = mnistgan.train(preset, epochs=epochs, seed=seed, device=str(device), out=out, overrides=overrides,
+                                 progress=False)
+        scores = finished_scores(out, epochs) or run.evaluate(n=STACKED_SAMPLES, device=str(device))
+    # Training's own clock, as the checkpoint keeps it: the steps only (not start-up or the final
+    # scoring of 26,000 samples), and all of them when the run was resumed.
+    seconds = load_checkpoint(out / "checkpoints" / "last.pt")["trained_seconds"]
     return {"preset": preset, "seed": seed, "images": epochs * STACKED_TRAIN_IMAGES, "train_seconds": round(seconds, 1),
-            "run": str(out), "modes_covered": scores["modes_covered"], "reverse_kl": scores["reverse_kl"]}
+            "run": str(out), "modes_covered": scores["modes_covered"], "reverse_kl": scores["reverse_kl"],
+            "channel_confidence": scores["channel_confidence"]}
 
 
 def finished_scores(out: Path, epochs: int) -> dict | None:
