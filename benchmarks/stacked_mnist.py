@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import mnistgan
-from mnistgan.checkpoint import load_checkpoint
 from mnistgan.datasets import STACKED_TRAIN_IMAGES
 from mnistgan.devices import cpu_description, describe_cpu, resolve_device
 from mnistgan.metrics.modes import STACKED_SAMPLES
@@ -92,9 +91,9 @@ def train_and_score(preset: str, seed: int, epochs: int, device, args) -> dict:
             run = mnistgan.train(preset, epochs=epochs, seed=seed, device=str(device), out=out, overrides=overrides,
                                  progress=False)
         scores = finished_scores(out, epochs) or run.evaluate(n=STACKED_SAMPLES, device=str(device))
-    # Training's own clock, as the checkpoint keeps it: the steps only (not start-up or the final
-    # scoring of 26,000 samples), and all of them when the run was resumed.
-    seconds = load_checkpoint(out / "checkpoints" / "last.pt")["trained_seconds"]
+    # Training's own clock: the steps only (not start-up or the final scoring of 26,000 samples),
+    # and all of them when the run was resumed.
+    seconds = mnistgan.load(out).trained_seconds
     return {"preset": preset, "seed": seed, "images": epochs * STACKED_TRAIN_IMAGES, "train_seconds": round(seconds, 1),
             "run": str(out), "modes_covered": scores["modes_covered"], "reverse_kl": scores["reverse_kl"],
             "channel_confidence": scores["channel_confidence"]}
@@ -102,8 +101,7 @@ def train_and_score(preset: str, seed: int, epochs: int, device, args) -> dict:
 
 def finished_scores(out: Path, epochs: int) -> dict | None:
     """The scores training's final evaluation wrote (the stacked presets score 26,000 samples), if it did."""
-    path = out / "metrics.json"
-    result = json.loads(path.read_text()) if path.is_file() else {}
+    result = mnistgan.load(out).metrics if (out / "metrics.json").is_file() else {}
     return result if result.get("n") == STACKED_SAMPLES and result.get("epoch") == epochs else None
 
 

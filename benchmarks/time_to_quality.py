@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import mnistgan
-from mnistgan.checkpoint import load_checkpoint
 from mnistgan.devices import cpu_description, describe_cpu, resolve_device
 
 PRESETS = ["recommended", "mlp-gan", "r3gan"]
@@ -80,15 +79,16 @@ def race(preset: str, args, device: str) -> list[dict]:
             mnistgan.train(preset, epochs=epoch, seed=args.seed, device=device, out=out, overrides=overrides, progress=False)
         else:
             mnistgan.train(resume=out, epochs=epoch, progress=False)
-        scores = json.loads((out / "metrics.json").read_text())  # the final evaluation of this epoch's generator
+        run = mnistgan.load(out)
+        scores = run.metrics  # the final evaluation of this epoch's generator
         if scores.get("epoch") != epoch or scores.get("n") != SAMPLES or "fd" not in scores:
             raise SystemExit(f"{out}/metrics.json does not hold FD of {SAMPLES:,} samples at epoch {epoch}: "
                              f"{preset} needs a dataset the MNIST evaluator scores")
-        seconds = load_checkpoint(out / "checkpoints" / "last.pt")["trained_seconds"]
+        seconds = run.trained_seconds
         epochs.append({"epoch": epoch, "minutes": round(seconds / 60, 2),
                        **{key: scores[key] for key in ("fd", "precision", "recall", "coverage") if key in scores}})
         log.write_text(json.dumps(epochs, indent=1))
-        print(f"  {preset} epoch {epoch}: FD {scores['fd']:.2f} after {seconds / 60:.1f} min", flush=True)
+        print(f"  {preset} epoch {epoch}: FD {scores['fd']:.2f} after {epochs[-1]['minutes']:.1f} min", flush=True)
     return epochs
 
 

@@ -453,6 +453,15 @@ def test_evaluate_samples_from_any_tool(capsys, tmp_path):
     assert "NaN" in one_error_line(capsys, ["evaluate", "--samples", str(tmp_path / "bad.npy"), "--device", "cpu"])
 
 
+def test_evaluate_real_scores_real_digits_and_names_the_count_it_cannot_reach(capsys):
+    import json
+
+    assert main(["evaluate", "--real", "--n", "100", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 100 and result["digits_covered"] == 10
+    assert "between 10 and 60000" in one_error_line(capsys, ["evaluate", "--real", "--n", "60001", "--device", "cpu"])
+
+
 def test_evaluate_needs_a_source(capsys):
     assert "give --run" in one_error_line(capsys, ["evaluate"])
 

@@ -2,9 +2,11 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from mnistgan.config import load_preset
+from mnistgan.errors import UserError
 from mnistgan.metrics.generators import STACKED, default_samples, evaluation_seed, metrics_record, real_floor, score_generator
 from mnistgan.models import build_generator
 
@@ -44,3 +46,5 @@ def test_the_real_floor_only_at_a_count_the_real_images_reach():
     assert real_floor("mnist", 60_001, torch.device("cpu")) is None
     assert real_floor("mnist", 100, torch.device("cpu"))["n"] == 100
     assert (default_samples("mnist"), default_samples(STACKED)) == (10_000, 26_000)
+    with pytest.raises(UserError, match="between 10 and 60000"):  # strict: why, not None
+        real_floor("mnist", 60_001, torch.device("cpu"), strict=True)

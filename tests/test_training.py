@@ -328,6 +328,7 @@ def test_a_finished_run_is_scored_beside_the_real_data(tmp_path, capsys):
     assert (scores["n"], scores["epoch"], scores["reference"]) == (100, 1, "test")
     assert scores["weights"] == str(run.dir / "generator.safetensors")
     assert scores["real_floor"]["n"] == 100 and 0 < scores["real_floor"]["fd"] < scores["fd"]
+    assert 0 < run.trained_seconds == load_checkpoint(run.dir / "checkpoints" / "last.pt")["trained_seconds"]
     # The generator file's (EMA) weights on the same noise as `mnistgan evaluate --run RUN --n 100 --seed 1`.
     assert run.evaluate(n=100, seed=1, device="cpu", save=False)["fd"] == pytest.approx(scores["fd"], rel=1e-6)
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final evaluation")]

@@ -30,9 +30,8 @@ from .distributed import is_main_process
 from .errors import UserError, option
 from .files import write_text_atomically
 from .metrics import evaluate_images
-from .metrics import evaluate_real as evaluate_real_images
 from .metrics.generators import default_samples, evaluation_seed, metrics_record, real_floor, score_generator
-from .metrics.modes import STACKED_SAMPLES, evaluate_stacked, stacked_floor
+from .metrics.modes import evaluate_stacked
 from .folder import read_own_images
 from .imagefiles import available_memory, load_samples
 from .models import build_generator
@@ -134,9 +133,8 @@ def evaluate_samples(path: str | Path, device: str = "auto", dataset: str = "mni
 def evaluate_real(n: int | None = None, device: str = "auto", dataset: str = "mnist") -> dict:
     """The real-data floor: ``n`` training images of ``dataset`` scored against its test set like samples
     (Stacked MNIST: ``n`` real stacks through the modes metric)."""
-    if check_name(dataset) == "stacked-mnist":
-        return stacked_floor(n or STACKED_SAMPLES, device=resolve_device(device))
-    return evaluate_real_images(n or 10_000, device=resolve_device(device), dataset=dataset)
+    dataset = check_name(dataset)
+    return real_floor(dataset, default_samples(dataset) if n is None else n, resolve_device(device), strict=True)
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> "Run":
@@ -331,6 +329,14 @@ class Run:
         if self.paths is None or not self.paths.metrics_json.is_file():
             raise UserError("this run has not been evaluated yet; call run.evaluate() or `mnistgan evaluate --run`")
         return json.loads(self.paths.metrics_json.read_text())
+
+    @property
+    def trained_seconds(self) -> float:
+        """Training's own clock, as the last checkpoint keeps it: the seconds its steps took, over every
+        resume; start-up, sample grids, checkpoints and evaluations are not counted."""
+        if self.paths is None or not self.paths.last_checkpoint.is_file():
+            raise UserError("this run has no checkpoint yet (checkpoints/last.pt) to read its training time from")
+        return float(load_checkpoint(self.paths.last_checkpoint).get("trained_seconds", 0.0))
 
     def evaluate(self, n: int | None = None, seed: int | None = None, device: str = "auto", reference: str = "test",
                  save: bool = True) -> dict:

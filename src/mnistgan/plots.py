@@ -98,7 +98,8 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") ->
         if name in metrics:
             pr_axis.plot(epochs, metrics[name], marker=".", label=name)
     pr_axis.set_xlabel("epoch")
-    pr_axis.set_ylabel("higher is better")
+    stacked = lower == "reverse_kl"  # Stacked MNIST: the modes alone, counted, not a share
+    pr_axis.set_ylabel("modes covered, of 1000 (higher is better)" if stacked else "share (higher is better)")
     pr_axis.legend(loc="lower right")
     pr_axis.grid(alpha=0.3)
     if title:

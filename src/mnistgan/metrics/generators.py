@@ -43,12 +43,13 @@ def score_generator(generator: nn.Module, model: ModelConfig, dataset: str, n: i
                            labels=None if labels is None else labels.cpu())
 
 
-def real_floor(dataset: str, n: int, device: torch.device) -> dict | None:
+def real_floor(dataset: str, n: int, device: torch.device, strict: bool = False) -> dict | None:
     """The same numbers for ``n`` real images, the best a generator can hope for; None where the
-    dataset has fewer than ``n`` training images (own images: compare only at equal counts)."""
+    dataset has fewer than ``n`` training images (own images: compare only at equal counts), or with
+    ``strict`` an error that says how many it has."""
     if dataset == STACKED:
         return stacked_floor(n, device=device)
-    if n > len(evaluator_splits(dataset)[0]):
+    if not strict and n > len(evaluator_splits(dataset)[0]):
         return None
     return evaluate_real(n, device=device, dataset=dataset)
 
