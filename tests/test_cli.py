@@ -117,7 +117,7 @@ def test_resume_from_the_command_line(trained_run, tmp_path):
     assert (copy / "samples" / "image_at_epoch_0003.png").is_file()
 
 
-def test_presets_lists_all_five(capsys):
+def test_presets_lists_the_five_reference_designs(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     for name in ("keras-dcgan", "tf-dcgan-tutorial", "mlp-gan", "vanilla-gan", "mlp-gan-dropout"):
@@ -144,6 +144,14 @@ def test_presets_lists_all_five(capsys):
     (["sample", "--run", "r", "--pretrained", "p"], ("--pretrained", "not allowed with", "--run")),
     (["evaluate", "--pretrained", "nope"], ("'nope'", "unknown pretrained generator", "mnistgan pretrained")),
     (["pretrained", "--out", "x.safetensors"], ("--out", "goes with --export")),
+    (["train", "--preset", "mlp-gan", "--epochs", "5", "--set", "train.epochs=10"],
+     ("train.epochs", "given twice", "--epochs 5", "train.epochs=10", "give it once")),
+    (["train", "--preset", "mlp-gan", "--set", f"optim.generator_lr={10**400}"], ("optim.generator_lr", "must be a number")),
+    (["train", "--preset", "mlp-gan", "--seed", str(2**63)], ("train.seed", str(2**63), "out of range")),
+    (["sample", "--pretrained", "recommended", "--seed", str(2**63), "--out", "x.png"], ("--seed", str(2**63), "at most")),
+    (["evaluate", "--samples", "x.npy", "--n", "50"], ("--n", "does not apply to --samples", "--run")),
+    (["evaluate", "--real", "--seed", "3"], ("--seed", "does not apply to --real")),
+    (["evaluate", "--real", "--reference", "train"], ("--reference", "does not apply to --real")),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, words):
     assert_names(one_error_line(capsys, argv), *words)
@@ -220,7 +228,18 @@ def test_resume_from_a_directory_that_is_not_a_run(capsys, tmp_path):
 
 def test_resume_cannot_change_the_config(capsys, trained_run):
     line = one_error_line(capsys, ["train", "--resume", str(trained_run), "--lr", "0.1"])
-    assert_names(line, "--lr", "only --epochs, --device and --tensorboard may change")
+    assert_names(line, "--lr cannot change", "--epochs, --eval-every, --final-eval-samples, --tensorboard, --device")
+    line = one_error_line(capsys, ["train", "--resume", str(trained_run), "--set", "train.batch_size=7"])
+    assert_names(line, "train.batch_size cannot change", "performance.*")
+
+
+def test_resume_may_change_the_outputs_with_set(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    assert main(["train", "--resume", str(copy), "--epochs", "4", "--set", "train.sample_every=2", "--no-progress"]) == 0
+    assert "sample_every = 2" in (copy / "config.toml").read_text()
+    samples = copy / "samples"
+    assert not (samples / "image_at_epoch_0003.png").exists() and (samples / "image_at_epoch_0004.png").is_file()
 
 
 def test_checkpoint_from_a_different_architecture(capsys, trained_run, tmp_path):

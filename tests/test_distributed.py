@@ -41,6 +41,11 @@ def test_two_processes_train_one_run(tmp_path, out):
         assert (run_dir / name).is_file(), name
     with open(run_dir / "losses.csv") as handle:
         assert len(handle.readlines()) == 1 + 2 * 4  # header + 2 epochs x (8 steps / log_every 2)
+    if out is not None:  # a resume under torchrun: every process continues from the one checkpoint
+        resume = command[: command.index("train") + 1] + ["--resume", str(run_dir), "--epochs", "3", "--no-progress"]
+        result = subprocess.run(resume, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "all 2 processes hold identical weights" in result.stdout and "epoch    3/3" in result.stdout
 
 
 # -- Distributed.check_replicas in a real 2-process gloo group ------------------------------------

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from mnistgan.config import load_preset
+from mnistgan.data import to_unit_range
+from mnistgan.datasets import load_dataset
 from mnistgan.errors import UserError
 from mnistgan.metrics.generators import STACKED, default_samples, evaluation_seed, metrics_record, real_floor, score_generator
 from mnistgan.models import build_generator
@@ -28,10 +30,26 @@ def test_the_same_seed_scores_the_same_samples_and_another_seed_others():
     assert "conditional_accuracy" not in first  # nothing was asked for
 
 
+class DrawsRealDigits(torch.nn.Module):
+    """A "generator" that answers each requested class with a real test digit of class (asked + shift) % 10."""
+
+    def __init__(self, shift: int, per_class: int = 20):
+        super().__init__()
+        test = load_dataset("mnist", "test")
+        examples = torch.stack([test.images[test.labels == digit][:per_class] for digit in range(10)])
+        self.register_buffer("examples", to_unit_range(examples))  # (class, example, 1, 28, 28)
+        self.shift = shift
+
+    def forward(self, z, labels):
+        return self.examples[(labels + self.shift) % 10, torch.arange(len(labels)) % self.examples.shape[1]]
+
+
 def test_a_conditional_generator_is_scored_on_what_it_was_asked_for():
-    generator, config = tiny_generator(conditional=True)
-    result = score_generator(generator, config.model, "mnist", 100, seed=3, device=torch.device("cpu"))
-    assert 0 <= result["conditional_accuracy"] <= 1
+    _, config = tiny_generator(conditional=True)
+    score = {shift: score_generator(DrawsRealDigits(shift), config.model, "mnist", 200, seed=3, device=torch.device("cpu"))
+             for shift in (0, 1)}
+    assert score[0]["conditional_accuracy"] >= 0.9  # each asked-for digit drawn: read as asked (the evaluator errs too)
+    assert score[1]["conditional_accuracy"] <= 0.1  # every digit drawn, each one class off
 
 
 def test_the_record_says_what_the_numbers_were_measured_from():

@@ -135,8 +135,10 @@ def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, capsys):
     assert "Fréchet distance" in (run_dir / "report.html").read_text()
 
 
-def test_quality_measured_before_more_training_is_marked_stale(run_dir):
-    (run_dir / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": 300, "weights": str(run_dir / "generator.safetensors")}))
+@pytest.mark.parametrize("written_as", ["absolute", "relative to another folder"])
+def test_quality_measured_before_more_training_is_marked_stale(run_dir, written_as):
+    weights = run_dir / "generator.safetensors" if written_as == "absolute" else "runs/001-mlp-gan/generator.safetensors"
+    (run_dir / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": 300, "weights": str(weights)}))
     assert "Stale" not in render_report(RunPaths(run_dir))
     later = (run_dir / "metrics.json").stat().st_mtime + 10
     os.utime(run_dir / "generator.safetensors", (later, later))  # the generator was written again since

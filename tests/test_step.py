@@ -11,7 +11,7 @@ from mnistgan import losses
 from mnistgan.checkpoint import load_checkpoint
 from mnistgan.config import load_preset
 from mnistgan.data import to_unit_range
-from mnistgan.step import build_training
+from mnistgan.step import build_training, seed_process_noise
 
 from conftest import TINY_DCGAN, TINY_MLP
 
@@ -238,3 +238,15 @@ def test_conditional_steps_feed_d_each_image_with_its_own_label(preset, tiny, d_
             assert torch.equal(scored_labels[BATCH:], g_calls[d_step][1])
         # G's update scores the last D step's fakes, with their labels.
         assert torch.equal(d_calls[-1][1], g_calls[-1][1])
+
+
+def test_every_process_draws_noise_of_its_own_from_the_start_and_after_a_resume():
+    def noise(rank, resumed_at=None):
+        seed_process_noise(7, rank, resumed_at)
+        return torch.randn(8)
+
+    torch.manual_seed(7)
+    first_process = torch.randn(8)  # the first keeps train.seed's stream (and, resumed, the checkpoint's state)
+    draws = [first_process, noise(1), noise(2), noise(1, (3, 0)), noise(2, (3, 0)), noise(1, (3, 5)), noise(1, (4, 0))]
+    assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
+    assert torch.equal(noise(1, (3, 5)), draws[5])  # a resume from the same point draws the same noise

@@ -536,21 +536,49 @@ def test_stop_on_breakdown_stops_without_checkpointing_the_broken_epoch(tmp_path
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
-def test_checkpoints_come_by_time_as_well_as_by_epochs(tmp_path, monkeypatch):
+def recording_saves(monkeypatch) -> list:
+    """Every checkpoint training writes from now on: (file name, epochs done, steps into the next, its clock)."""
     saved = []
     original_save = train_module.TrainingState.save
 
-    def recording_save(self, path):
-        saved.append((path.name, self.completed_epochs, self.step_in_epoch))
-        original_save(self, path)
+    def recording_save(self, path, *args, **kwargs):
+        original_save(self, path, *args, **kwargs)
+        saved.append((path.name, self.completed_epochs, self.step_in_epoch, load_checkpoint(path)["trained_seconds"]))
 
     monkeypatch.setattr(train_module.TrainingState, "save", recording_save)
+    return saved
+
+
+def test_checkpoints_come_by_time_as_well_as_by_epochs(tmp_path, monkeypatch):
+    saved = recording_saves(monkeypatch)
     # An hour per look, from far past the real clock: the state's start time was read before the patch.
     monkeypatch.setattr(train_module.time, "monotonic", iter(range(10**9, 10**9 + 10**7, 3600)).__next__)
     mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 2, "train.checkpoint_every": 100}, out=tmp_path / "run")
     mid_epoch = [entry for entry in saved if entry[2] > 0]
-    assert mid_epoch and all(name == "last.pt" for name, _, _ in saved)
-    assert ("last.pt", 1, 0) in saved  # an epoch end that was due by time, though not by checkpoint_every
+    assert mid_epoch and all(entry[0] == "last.pt" for entry in saved)
+    assert ("last.pt", 1, 0) in [entry[:3] for entry in saved]  # an epoch end due by time, though not by checkpoint_every
+    # A checkpoint inside the first epoch keeps the seconds that epoch has trained so far: a resume adds to them.
+    first_epoch = [seconds for _, epochs, steps, seconds in mid_epoch if epochs == 0]
+    assert first_epoch and all(seconds > 0 for seconds in first_epoch)
+
+
+def test_a_new_best_checkpoint_does_not_put_off_the_timed_one(tmp_path, monkeypatch):
+    saved = recording_saves(monkeypatch)
+    clock = [train_module.time.monotonic()]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: clock[0])
+
+    def four_minutes_and_better(self, epoch):  # each evaluation takes 4 minutes and finds a new best
+        clock[0] += 240
+        return {"fd": 100.0 - epoch}
+
+    monkeypatch.setattr(train_module.RunOutputs, "_evaluate", four_minutes_and_better)
+    overrides = {**TINY_MLP, "train.epochs": 3, "train.eval_every": 1, "train.checkpoint_every": 100,
+                 "train.checkpoint_minutes": 5.0}
+    mnistgan.train("vanilla-gan", overrides=overrides, out=tmp_path / "run")
+    # best.pt after every evaluation; last.pt once 5 minutes have passed since training began (epoch 2), not
+    # 5 minutes after the last best.pt (which would put it off to the final epoch).
+    assert [(name, epochs) for name, epochs, _, _ in saved] == [("best.pt", 1), ("best.pt", 2), ("last.pt", 2),
+                                                                ("best.pt", 3), ("last.pt", 3)]
 
 
 def test_a_resume_refuses_a_config_edited_against_its_checkpoint(tmp_path):
@@ -684,6 +712,9 @@ def test_the_r3gan_recipe_trains_in_bf16_on_the_cpu_with_finite_losses(tmp_path,
     assert load_checkpoint(run.dir / "checkpoints" / "last.pt")["precision"] == "bf16"  # forced, even where emulated
     assert len(losses) > 0 and np.isfinite(losses).all()
     assert torch.isfinite(run.sample(8)).all()
+    if dataset == "stacked-mnist":  # its modes are counted, not compared with real images: no reference to choose
+        with pytest.raises(UserError, match="scored by its modes.*leave out 'reference'"):
+            run.evaluate(reference="train")
 
 
 def test_resnet_networks_with_the_relativistic_loss_train_and_resume_exactly(tmp_path):

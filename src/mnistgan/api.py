@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import first_non_finite, load_checkpoint, load_weights, read_generator_file
-from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, Config, load_preset, load_preset_file, load_toml, parse_overrides,
+from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, SHORTCUTS, Config, resumable, load_preset, load_preset_file, load_toml, parse_overrides,
                      shortcut_overrides, stored_config_from_dict)
 from .data import to_unit_range
 from .datasets import check_name, load_dataset
@@ -30,7 +30,7 @@ from .distributed import is_main_process
 from .errors import UserError, option
 from .files import write_text_atomically
 from .metrics import evaluate_images
-from .metrics.generators import default_samples, evaluation_seed, metrics_record, real_floor, score_generator
+from .metrics.generators import STACKED, default_samples, evaluation_seed, metrics_record, real_floor, score_generator
 from .metrics.modes import evaluate_stacked
 from .folder import read_own_images
 from .imagefiles import available_memory, load_samples
@@ -58,9 +58,20 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | list[s
         config = load_preset_file(preset_file)
     else:
         config = load_preset(DEFAULT_PRESET if preset is None else preset)
+    return config.replace(_merged_overrides(shortcuts, overrides))
+
+
+def _merged_overrides(shortcuts: dict[str, Any], overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """The shortcuts' keys and the overrides in one dict; a key given both ways with two values is an error."""
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(list(overrides))
-    return config.replace({**shortcut_overrides(shortcuts), **(overrides or {})})
+    overrides, merged = overrides or {}, shortcut_overrides(shortcuts)
+    for key, value in merged.items():
+        if key in overrides and overrides[key] != value:
+            name = next(name for name in shortcuts if key in SHORTCUTS[name][0] and shortcuts[name] is not None)
+            raise UserError(f"{key} is given twice, with different values: {option(name)} {value!r} and "
+                            f"{key}={overrides[key]!r}; give it once")
+    return {**merged, **overrides}
 
 
 def fit_to_dataset(config: Config, data_dir=None) -> Config:
@@ -77,8 +88,8 @@ def train(preset: str | None = None, *, preset_file: str | Path | None = None, o
     ``shortcuts`` are the common settings (``config.SHORTCUTS``): ``epochs``, ``batch_size``, ``lr``,
     ``seed``, ``final_eval_samples``, ``tensorboard``, ... ``out`` is the run directory
     (default: a new numbered folder under ``runs/``). With ``resume=RUN_DIR`` training continues
-    that run to ``epochs`` epochs in total; only ``epochs`` and ``device`` may change then. Ctrl-C
-    stops after saving a checkpoint.
+    that run to ``epochs`` epochs in total; only its length, outputs and ``performance.*`` may change
+    then (``config.RESUMABLE_KEYS``). Ctrl-C stops after saving a checkpoint.
     """
     shortcut_overrides(shortcuts)  # unknown names fail here, before anything is touched
     if resume is not None:
@@ -106,17 +117,18 @@ def _folder_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "data"
 
 
-def _resume(run_dir: str | Path, data_dir, progress, **given) -> "Run":
-    changed = [name for name, value in given.items() if name not in RESUMABLE_SHORTCUTS and value not in (None, [], {})]
+def _resume(run_dir: str | Path, data_dir, progress, overrides, **given) -> "Run":
+    changes = _merged_overrides({name: given.get(name) for name in RESUMABLE_SHORTCUTS}, overrides)
+    changed = [option(name) for name, value in given.items() if name not in RESUMABLE_SHORTCUTS and value is not None]
+    changed += [key for key in changes if not resumable(key)]
     if changed:
-        allowed = ", ".join(option(name) for name in RESUMABLE_SHORTCUTS[:-1]) + f" and {option(RESUMABLE_SHORTCUTS[-1])}"
-        raise UserError(f"a resumed run continues as it was configured; only {allowed} may change "
-                        f"(not {', '.join(option(name) for name in changed)})")
+        allowed = ", ".join(option(name) for name in RESUMABLE_SHORTCUTS)
+        raise UserError(f"a resumed run continues as it was configured, so {', '.join(changed)} cannot change; only "
+                        f"its length, outputs and performance.* may ({allowed}, or the keys of config.RESUMABLE_KEYS)")
     paths, lock = lock_for_resume(Path(run_dir), is_main_process())
     try:
         config = load_toml(paths.config, stored=True)
-        resumable = {name: given.get(name) for name in RESUMABLE_SHORTCUTS}
-        config = config.replace(shortcut_overrides(resumable))  # written to config.toml once the resume has started
+        config = config.replace(changes)  # written to config.toml once the resume has started
         run_training(config, paths.root, data_dir=data_dir, resume=True, progress=progress)
     finally:
         lock.release()
@@ -333,7 +345,8 @@ class Run:
     @property
     def trained_seconds(self) -> float:
         """Training's own clock, as the last checkpoint keeps it: the seconds its steps took, over every
-        resume; start-up, sample grids, checkpoints and evaluations are not counted."""
+        resume (a stopped epoch's part included); start-up, sample grids, evaluations and the
+        checkpoints between epochs are not counted."""
         if self.paths is None or not self.paths.last_checkpoint.is_file():
             raise UserError("this run has no checkpoint yet (checkpoints/last.pt) to read its training time from")
         return float(load_checkpoint(self.paths.last_checkpoint).get("trained_seconds", 0.0))
@@ -357,6 +370,8 @@ class Run:
         seed = evaluation_seed(self.config) if seed is None else seed
         if n < 1:
             raise UserError(f"{option('n')} must be at least 1; got {n}")
+        if dataset == STACKED and reference != "test":
+            raise UserError(f"Stacked MNIST is scored by its modes, not against real images; leave out {option('reference')}")
         self._require_memory_for(n)
         result = score_generator(network, self.config.model, dataset, n, seed, torch_device, reference)
         floor = real_floor(dataset, n, torch_device) if reference == "test" else None

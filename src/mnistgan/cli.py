@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import SHORTCUTS, key_field
+from .config import MAX_SEED, SHORTCUTS, key_field
 from .errors import UserError, command_line_names
 
 
@@ -25,8 +25,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: a whole number >= ``minimum``, with a one-line error otherwise."""
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= ``minimum`` (and <= ``maximum``), with a one-line error otherwise."""
 
     def parse(text: str) -> int:
         try:
@@ -35,12 +35,15 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} must be at most {maximum}")
         return value
 
     return parse
 
 
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
+_seed = _int_at_least(0, MAX_SEED)
 PRETRAINED_HELP = "a generator that ships with mnistgan (see `mnistgan pretrained`)"
 
 
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", metavar="FILE", help="a checkpoint (.pt) or generator (.safetensors) file")
     sample.add_argument("--n", type=_positive_int, default=16, help="how many samples (with --digit all: per digit) (default: 16)")
     sample.add_argument("--out", metavar="FILE", default="samples.png", help=".png for a grid, .npy for float32 (N, 1, 28, 28) in [-1, 1] (default: samples.png)")
-    sample.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="noise seed (default: 0)")
     sample.add_argument("--digit", type=_digit, help="conditional runs: the digit to draw, or 'all' for one row per digit")
 
     evaluate = commands.add_parser("evaluate", help="measure sample quality: FD, KID, precision/recall, density/coverage, classes",
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_positive_int, help="samples to generate (default: 10000; 26000 for stacked-mnist)")
     evaluate.add_argument("--dataset", help="with --samples or --real: mnist (default), fashion-mnist, stacked-mnist or "
                                             "folder:PATH (a run knows its own)")
-    evaluate.add_argument("--seed", type=_non_negative_int,
+    evaluate.add_argument("--seed", type=_seed,
                           help="noise seed (default: the run's own evaluation seed, train.seed + 1, as its final evaluation)")
     evaluate.add_argument("--reference", choices=("test", "train"), default="test", help="real images to compare with (default: test)")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--steps", type=_int_at_least(2), default=10, help="images along each walk, both ends included (default: 10)")
     interpolate.add_argument("--out", metavar="FILE", default="walk.png", help=".png for a grid of rows x steps, .gif for one frame "
                                                                                "per step, there and back (default: walk.png)")
-    interpolate.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    interpolate.add_argument("--seed", type=_seed, default=0, help="noise seed (default: 0)")
     interpolate.add_argument("--digit", type=_non_negative_int, help="conditional generators: the digit every walk draws")
     interpolate.add_argument("--morph", type=_non_negative_int, nargs=2, metavar=("FROM", "TO"),
                              help="conditional generators: fixed noise, the digit changing from FROM to TO")
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_evaluator.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist or folder:PATH (labelled images)")
     train_evaluator.add_argument("--out", metavar="FILE", help="where to write the weights (default: runs/evaluator/DATASET.safetensors "
                                                                "for shipped evaluators, else where `evaluate` looks for it)")
-    train_evaluator.add_argument("--seed", type=_non_negative_int, help="random seed (default: the shipped weights' seed)")
+    train_evaluator.add_argument("--seed", type=_seed, help="random seed (default: the shipped weights' seed)")
     train_evaluator.add_argument("--epochs", type=_positive_int, help="passes over the training images (default: the recipe's)")
     train_evaluator.add_argument("--device", default="cpu", help="cpu (default: bit-for-bit reproducible) or cuda")
     train_evaluator.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's four IDX files")
@@ -326,6 +329,14 @@ def _evaluate(args) -> int:
     from .metrics.generators import real_floor
 
     dataset = args.dataset or "mnist"
+    if args.real or args.samples:  # these score images as they are: the options that make samples do not apply
+        given = [flag for flag, value in (("--n", args.n if args.samples else None), ("--seed", args.seed),
+                                          ("--checkpoint", args.checkpoint), ("--reference", args.reference != "test" or None))
+                 if value is not None]
+        if given:
+            source = "--real" if args.real else "--samples"
+            raise UserError(f"{given[0]} does not apply to {source}, which is scored as it is against the test images "
+                            "(it applies to generated samples: --run, --checkpoint or --pretrained)")
     if args.real:
         result = api.evaluate_real(args.n, args.device, dataset)
         floor = None

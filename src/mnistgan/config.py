@@ -25,6 +25,7 @@ from .errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "recommended"
+MAX_SEED = 2**63 - 1  # the largest seed every command takes
 MIN_SCORED_SAMPLES = 100  # the fewest samples an evaluation scores: fewer leave its k-NN and covariance estimates noise
 
 # The common settings, one table for the CLI's flags (--batch-size) and the API's keyword arguments
@@ -43,8 +44,26 @@ SHORTCUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "dataset": (("data.dataset",), "mnist (default), fashion-mnist, stacked-mnist or folder:PATH (see `mnistgan datasets`)"),
     "channels": (("data.channels",), "your own images: 1 grey, 3 colour (default: as the files are)"),
 }
-# What a resumed run may change: anything else would not continue the same run.
-RESUMABLE_SHORTCUTS = ("epochs", "device", "tensorboard")  # a resume may start logging for TensorBoard
+# What a resumed run may change: the schedule's length and outputs, and how it computes ("section.":
+# every key of it). Anything else would not continue the same run.
+RESUMABLE_KEYS = ("train.epochs", "train.sample_every", "train.checkpoint_every", "train.checkpoint_minutes",
+                  "train.eval_every", "train.eval_samples", "train.final_eval_samples", "train.stop_on_breakdown",
+                  "train.tensorboard", "performance.")
+
+
+def resumable(dotted: str) -> bool:
+    return any(dotted == key or (key.endswith(".") and dotted.startswith(key)) for key in RESUMABLE_KEYS)
+
+
+RESUMABLE_SHORTCUTS = tuple(name for name, (keys, _) in SHORTCUTS.items() if all(map(resumable, keys)))
+
+
+def _finite(number: int | float) -> bool:
+    """A finite number that a float can hold (a 400-digit integer cannot)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _range(low=None, high=None, low_open=False):
@@ -130,7 +149,7 @@ class TrainConfig:
     g_steps: int = field(default=1, metadata=_range(1, 100))
     ema_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))  # EMA of G weights for sampling, 0 = off
     ema_start_epoch: int = field(default=0, metadata=_range(0))  # the EMA copies G until this epoch ends
-    seed: int = field(default=0, metadata=_range(0, 2**63 - 1))
+    seed: int = field(default=0, metadata=_range(0, MAX_SEED))
     subset: int = field(default=0, metadata=_range(0))  # train on the first N images, 0 = all
     sample_every: int = field(default=1, metadata=_range(1))  # epochs between fixed-noise grids
     checkpoint_every: int = field(default=1, metadata=_range(1))  # epochs between checkpoints
@@ -231,7 +250,7 @@ def _check_value(dotted: str, value: Any, annotation: Any, metadata: dict) -> An
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{dotted} must be an integer; got {value!r}")
     elif annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise UserError(f"{dotted} must be a number; got {value!r}")
         value = float(value)
     elif annotation is str:

@@ -20,7 +20,9 @@ from .config import Config, load_toml
 from .files import write_text_atomically
 from .losses import breakdown
 from .metrics import METRIC_KEYS
+from .metrics.generators import default_samples
 from .rundir import RunPaths, read_csv_columns, require_run_dir
+from .step import STAT_COLUMNS
 
 # Laid out for a laptop (64em: room for two 488-pixel sample grids side by side; the config in columns)
 # and shrinking to a phone's width: long lines wrap, pictures scale down, nothing scrolls sideways.
@@ -89,7 +91,7 @@ def render_report(paths: RunPaths) -> str:
         pass  # damaged: said above
     elif paths.metrics_csv.is_file():
         parts.append(f"<p>Measured during training only (the curve above, on {config.train.eval_samples} samples); "
-                     f"{command} measures the final generator on 10,000 and adds the numbers here.</p>")
+                     f"{command} measures the final generator on {default_samples(config.data.dataset):,} and adds the numbers here.</p>")
     else:
         parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here (a run that finishes "
                      "scores itself unless train.final_eval_samples = 0).</p>")
@@ -118,23 +120,20 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
     if epochs_done:
         last = losses["epoch"] == epochs_done
         rows.append((f"epoch {epochs_done} means", "d_loss {:.4f}, g_loss {:.4f}, D(x) {:.3f}, D(G(z)) {:.3f}".format(
-            *(losses[key][last].mean() for key in STAT_KEYS))))
+            *(losses[key][last].mean() for key in STAT_COLUMNS))))
     broken = _first_breakdown(loss.adversarial, losses)
     if broken:
         rows.append(("warning", f"training broke down at {broken}"))
     return rows
 
 
-STAT_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
-
-
 def _first_breakdown(kind: str, losses: dict) -> str | None:
     """The first epoch whose mean statistics in losses.csv show a broken GAN (``losses.breakdown``)."""
-    if not all(key in losses for key in ("epoch", *STAT_KEYS)):
+    if not all(key in losses for key in ("epoch", *STAT_COLUMNS)):
         return None
     for epoch in np.unique(losses["epoch"]):
         rows = losses["epoch"] == epoch
-        reason = breakdown(kind, *(float(losses[key][rows].mean()) for key in STAT_KEYS))
+        reason = breakdown(kind, *(float(losses[key][rows].mean()) for key in STAT_COLUMNS))
         if reason:
             return f"epoch {int(epoch)}: {reason}"
     return None
@@ -151,7 +150,9 @@ def _quality(result: dict, paths: RunPaths, command: str) -> str:
     when = f" (the generator after epoch {result['epoch']})" if isinstance(result.get("epoch"), int) else ""
     where = (f"<p>{_text(str(result.get('n', '?')))} samples against the {_text(str(result.get('reference', 'test')))} set, "
              f"weights from {_text(str(weights))}{_text(when)}.</p>")
-    if weights.is_file() and weights.stat().st_mtime > paths.metrics_json.stat().st_mtime:
+    # The run's own generator file is the one in this folder, whatever folder the path was written from.
+    scored = paths.generator if weights.name == paths.generator.name else weights
+    if scored.is_file() and scored.stat().st_mtime > paths.metrics_json.stat().st_mtime:
         where += f"<p><strong>Stale:</strong> the run trained on after this evaluation; {command} measures it again.</p>"
     histogram = result.get("class_histogram")
     digits = ("<p>Share of each digit: " + ", ".join(f"{digit}: {_number(share, '.3f')}" for digit, share in enumerate(histogram))

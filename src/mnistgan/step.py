@@ -283,7 +283,7 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
             if network is not None:
                 network.to(memory_format=torch.channels_last)
     if distributed.rank > 0:
-        torch.manual_seed(config.train.seed + 7919 * distributed.rank)  # same weights, different noise per rank
+        seed_process_noise(config.train.seed, distributed.rank)  # same weights, different noise per rank
     use_graphs = device.type == "cuda" and perf.cuda_graphs and not distributed.enabled
     g_optimizer = make_optimizer(generator.parameters(), config, config.optim.generator_lr, device, capturable=use_graphs)
     d_optimizer = make_optimizer(discriminator.parameters(), config, config.optim.discriminator_lr, device, capturable=use_graphs)
@@ -301,7 +301,14 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
                          StepRunner(step, use_graphs, perf.steps_per_graph))
 
 
+def seed_process_noise(seed: int, rank: int, resumed_at: tuple[int, int] | None = None) -> None:
+    """Seed the noise of process ``rank`` > 0 under torchrun, from the rank and, in a resumed run, from
+    where it resumes (epochs done, steps into the next): a checkpoint holds the first process's random
+    state only, which would otherwise give every process the same noise."""
+    torch.manual_seed(seed + 7919 * rank if resumed_at is None else hash((seed, rank, *resumed_at)) % 2**64)
+
+
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     """The permutation of the training images for ``epoch``: a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # any train.seed: within 64 bits
     return torch.randperm(count, generator=generator)

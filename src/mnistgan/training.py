@@ -22,7 +22,7 @@ import torch
 
 from . import losses
 from .checkpoint import NonFiniteError, load_checkpoint, load_weights, save_checkpoint, save_generator
-from .config import Config, stored_config_from_dict
+from .config import Config, resumable, stored_config_from_dict
 from .datasets import Dataset, load_dataset
 from .devices import choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
@@ -34,7 +34,7 @@ from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
 from .sampling import fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
-from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, real_batches_per_step
+from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, real_batches_per_step, seed_process_noise
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 
 STOP_CHECK_STEPS = 50  # under torchrun, processes agree on a stop every this many steps (and at epoch ends)
@@ -117,6 +117,8 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     if checkpoint is not None:
         for note in state.restore(checkpoint, paths.last_checkpoint):
             stop.say(note)
+        if distributed.rank > 0:
+            seed_process_noise(config.train.seed, distributed.rank, (state.completed_epochs, state.step_in_epoch))
         if main_process:
             prepare_resume(paths, state.completed_epochs, config.to_toml())  # the new epochs / device, now that it resumes
     elif main_process:
@@ -220,7 +222,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
     total = data.steps_per_epoch
     bar = tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {epoch}/{config.train.epochs}", leave=False,
                disable=not progress, unit="step", dynamic_ncols=True)
-    start = last_refresh = time.perf_counter()
+    start = last_refresh = state.epoch_started = time.perf_counter()
     first_step = state.step_in_epoch
     # Forward, backward, update: no host synchronisation but for the progress bar.
     while state.step_in_epoch < total:
@@ -238,7 +240,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
             state.save(checkpoint)
     epoch_stats = step.stats.cpu()  # the one synchronisation of the epoch
     seconds = time.perf_counter() - start
-    state.trained_seconds += seconds
+    state.trained_seconds, state.epoch_started = state.trained_seconds + seconds, None
     bar.close()
     images_read = (total - first_step) * config.train.batch_size * real_batches_per_step(config)
     return epoch_stats, seconds, images_read / seconds
@@ -332,7 +334,8 @@ class TrainingState:
     completed_epochs: int = 0
     step_in_epoch: int = 0  # steps done of the next epoch (a run stopped mid-epoch)
     best_fd: float = math.inf
-    trained_seconds: float = 0.0
+    trained_seconds: float = 0.0  # the steps of the finished epochs (and of a resumed epoch's first part)
+    epoch_started: float | None = None  # perf_counter when this epoch's steps began, while they run
     breakdown: str | None = None  # the first epoch whose statistics showed a broken GAN, and why
     saved_at: float = field(default_factory=time.monotonic)  # when training last checkpointed (or started)
 
@@ -340,6 +343,11 @@ class TrainingState:
         """Have ``train.checkpoint_minutes`` of training passed since the last checkpoint?"""
         minutes = self.config.train.checkpoint_minutes
         return minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def training_seconds(self) -> float:
+        """Training's own clock: the steps' seconds so far, this epoch's included."""
+        running = time.perf_counter() - self.epoch_started if self.epoch_started is not None else 0.0
+        return self.trained_seconds + running
 
     def checkpoint(self) -> dict:
         parts, device = self.parts, self.device
@@ -351,18 +359,21 @@ class TrainingState:
             "g_optimizer": parts.g_optimizer.state_dict(), "d_optimizer": parts.d_optimizer.state_dict(),
             "partial_stats": parts.step.stats[: self.step_in_epoch].cpu(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "best_fd": self.best_fd, "trained_seconds": self.trained_seconds, "breakdown": self.breakdown,
+            "best_fd": self.best_fd, "trained_seconds": self.training_seconds(), "breakdown": self.breakdown,
             "threads": torch.get_num_threads(), "precision": self.precision, "device_type": device.type,
         }
 
-    def save(self, path: Path) -> None:
-        """Write a checkpoint; weights with NaN or infinity are never written over a good file."""
+    def save(self, path: Path, restart_timer: bool = True) -> None:
+        """Write a checkpoint; weights with NaN or infinity are never written over a good file.
+        ``restart_timer``: this checkpoint is the one a resume reads, so the next one by time is due
+        ``train.checkpoint_minutes`` from now (best.pt is not: writing it must not put off last.pt)."""
         try:
             save_checkpoint(self.checkpoint(), path)
         except NonFiniteError as error:
             epoch = self.completed_epochs + (self.step_in_epoch > 0)
             raise UserError(diverged_message(epoch, RunPaths(path.parent.parent), f"{error.location} became NaN or infinite")) from None
-        self.saved_at = time.monotonic()
+        if restart_timer:
+            self.saved_at = time.monotonic()
 
     def restore(self, state: dict, path: Path) -> list[str]:
         """Continue from ``state``, the checkpoint read from ``path`` onto this device; return notes for
@@ -404,12 +415,6 @@ class TrainingState:
         return []
 
 
-# Config keys a resumed run may change: the schedule's length and outputs, and how it computes.
-RESUMABLE_KEYS = ("train.epochs", "train.sample_every", "train.checkpoint_every", "train.checkpoint_minutes",
-                  "train.eval_every", "train.eval_samples", "train.final_eval_samples", "train.stop_on_breakdown",
-                  "train.tensorboard", "performance.")
-
-
 def _require_same_run(config: Config, trained: dict, path: Path) -> None:
     """Refuse to resume with a config.toml edited in ways the checkpoint cannot continue exactly."""
     trained_config = stored_config_from_dict(trained).to_dict()
@@ -419,7 +424,7 @@ def _require_same_run(config: Config, trained: dict, path: Path) -> None:
             continue
         for key, value in values.items():
             dotted = f"{section}.{key}"
-            if any(dotted == k or (k.endswith(".") and dotted.startswith(k)) for k in RESUMABLE_KEYS):
+            if resumable(dotted):
                 continue
             if trained_config[section][key] != value:
                 config_file = RunPaths(path.parent.parent).config  # the checkpoint lies in RUN/checkpoints/
@@ -490,7 +495,7 @@ class RunOutputs:
             quality = float(result["reverse_kl" if self.stacked else "fd"])  # the number to minimise
             if quality < state.best_fd:
                 state.best_fd = quality
-                state.save(self.paths.best_checkpoint)
+                state.save(self.paths.best_checkpoint, restart_timer=False)
         if self.tensorboard:
             self.tensorboard.flush()  # before the checkpoint: what precedes it is never lost to a crash
         if epoch % schedule.checkpoint_every == 0 or last_epoch or state.checkpoint_due():
