@@ -46,9 +46,9 @@ def test_export_stores_float16_weights_with_the_runs_config_and_registers_the_fi
     assert shipped.file == "tiny.safetensors" and shipped.card == "docs/pretrained/tiny.md"
     assert shipped.sha256 == sha256_of(shipped.path) and shipped.description == "mlp-gan, conditional, 1 epoch on mnist"
     with safe_open(str(shipped.path), framework="pt") as handle:
-        config = json.loads(handle.metadata()["config"])
+        config, epoch = json.loads(handle.metadata()["config"]), handle.metadata().get("epoch")
         dtypes = {handle.get_tensor(name).dtype for name in handle.keys()}
-    assert config == mnistgan.load(trained_run).config.to_dict()  # the run's full config
+    assert config == mnistgan.load(trained_run).config.to_dict() and epoch == "1"  # the run's full config, its epochs
     assert torch.float16 in dtypes and torch.float32 not in dtypes
 
 

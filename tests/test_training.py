@@ -12,7 +12,7 @@ import mnistgan
 from mnistgan import rundir
 from mnistgan import step as step_module
 from mnistgan import training as train_module
-from mnistgan.checkpoint import load_checkpoint
+from mnistgan.checkpoint import load_checkpoint, read_generator_file
 from mnistgan.errors import UserError
 from mnistgan.step import STAT_COLUMNS
 
@@ -398,7 +398,10 @@ def test_a_stopped_run_is_scored_only_once_it_finishes(tmp_path, monkeypatch):
         mnistgan.train("vanilla-gan", overrides=FINAL, out=run)
     monkeypatch.undo()
     assert not (run / "metrics.json").exists()
+    assert read_generator_file(run / "generator.safetensors").epoch is None  # from inside epoch 1: not "0 epochs", not "1"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["trained_seconds"] > 0  # the 3 steps' seconds
     mnistgan.train(resume=run)
+    assert read_generator_file(run / "generator.safetensors").epoch == 1
     scores = json.loads((run / "metrics.json").read_text())
     # Killed while scoring: resuming the finished run rewrites its final outputs and scores it again, the same.
     (run / "metrics.json").unlink()

@@ -7,7 +7,8 @@ each step gathers its batch from the epoch's permutation with a device-side curs
 statistics into a device buffer, so a step needs nothing from the host: the same step runs eagerly
 or captured into CUDA graphs.
 
-To change the optimizers or add a learning-rate schedule: ``make_optimizer`` (and ``OptimConfig``).
+To change the optimizers: ``make_optimizer`` (and ``OptimConfig``). The learning rates are constant;
+a schedule would be built beside the optimizers and stepped per epoch in ``training._train_epochs``.
 To add a loss: ``losses.py`` (and ``LossConfig``); the step calls it by name.
 """
 
@@ -36,7 +37,7 @@ def real_batches_per_step(config: Config) -> int:
 GRAPH_WARMUP_STEPS = 3  # eager steps before CUDA graph capture (lazy state, cuDNN autotuning)
 
 
-def make_optimizer(parameters, config: Config, lr: float, device: torch.device, capturable: bool) -> torch.optim.Optimizer:
+def make_optimizer(parameters, config: Config, lr: float, capturable: bool) -> torch.optim.Optimizer:
     optim = config.optim
     # Fused kernels: one launch for all parameters on CUDA, and the fastest update on CPU too.
     if optim.optimizer == "sgd":
@@ -285,8 +286,8 @@ def build_training(config: Config, device: torch.device, images: torch.Tensor, l
     if distributed.rank > 0:
         seed_process_noise(config.train.seed, distributed.rank)  # same weights, different noise per rank
     use_graphs = device.type == "cuda" and perf.cuda_graphs and not distributed.enabled
-    g_optimizer = make_optimizer(generator.parameters(), config, config.optim.generator_lr, device, capturable=use_graphs)
-    d_optimizer = make_optimizer(discriminator.parameters(), config, config.optim.discriminator_lr, device, capturable=use_graphs)
+    g_optimizer = make_optimizer(generator.parameters(), config, config.optim.generator_lr, capturable=use_graphs)
+    d_optimizer = make_optimizer(discriminator.parameters(), config, config.optim.discriminator_lr, capturable=use_graphs)
 
     forward = {"generator": generator, "discriminator": discriminator, "discriminator_score": discriminator}
     if distributed.enabled:

@@ -168,7 +168,8 @@ def _train_epochs(state: "TrainingState", data: "TrainingData", outputs: "RunOut
                 stop.pipe_closed(first=True)
             if main_process:
                 state.save(paths.last_checkpoint)
-                outputs.finish(state.completed_epochs)
+                # Weights from inside an epoch trained for no whole number of epochs: their file says none.
+                outputs.finish(state.completed_epochs if state.step_in_epoch == 0 else None)
             raise stop.interrupted(state, paths) from None
 
 
@@ -503,12 +504,13 @@ class RunOutputs:
         if sampling:
             self.write(epoch, final=last_epoch)
 
-    def finish(self, epoch: int) -> None:
-        """The final outputs of a run that stopped or ended after ``epoch`` epochs: from the networks as they are now."""
+    def finish(self, epoch: int | None) -> None:
+        """The final outputs of a run that stopped or ended after ``epoch`` epochs (None: inside an epoch),
+        from the networks as they are now."""
         self._prepare_sampler()
         self.write(epoch, final=True)
 
-    def write(self, epoch: int, final: bool) -> None:
+    def write(self, epoch: int | None, final: bool) -> None:
         """Loss curves, GIF and the shareable generator: refreshed at sample times and at the end."""
         if self.paths.losses.is_file():
             plot_losses(read_csv_columns(self.paths.losses), self.paths.loss_curves, title=self.title)

@@ -85,8 +85,8 @@ def export(run, out: str | Path, half: bool = True) -> Pretrained:
         if too_large is not None:
             raise UserError(f"{too_large[0]} holds values beyond float16's range; store it in float32 (turn {option('half')} off)")
     config = run.config
-    save_generator(network, config.to_dict(), out, "ema" if config.train.ema_decay > 0 else "raw")  # as training chooses
     epochs = run.trained_epochs  # what the weights trained for, not the schedule's length (None: the file does not say)
+    save_generator(network, config.to_dict(), out, "ema" if config.train.ema_decay > 0 else "raw", epochs)  # as training chooses
     trained = f"{epochs} epoch{'s' if epochs != 1 else ''} on " if epochs is not None else "trained on "
     description = (f"{config.preset}{', conditional' if config.model.conditional else ''}, "
                    f"{trained}{config.data.dataset}")  # a start: the card says the rest
