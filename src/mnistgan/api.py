@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from .checkpoint import first_non_finite, load_checkpoint, load_weights, read_generator_file
-from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, SHORTCUTS, Config, resumable, load_preset, load_preset_file, load_toml, parse_overrides,
-                     shortcut_overrides, stored_config_from_dict)
+from .config import (DEFAULT_PRESET, RESUMABLE_SHORTCUTS, SHORTCUTS, Config, load_preset, load_preset_file, load_toml,
+                     parse_overrides, resumable, shortcut_overrides, stored_config_from_dict)
 from .data import to_unit_range
 from .datasets import check_name, load_dataset
 from .devices import resolve_device

@@ -52,6 +52,7 @@ RESUMABLE_KEYS = ("train.epochs", "train.sample_every", "train.checkpoint_every"
 
 
 def resumable(dotted: str) -> bool:
+    """May a resumed run change the config key ``dotted`` ("train.eval_every")?"""
     return any(dotted == key or (key.endswith(".") and dotted.startswith(key)) for key in RESUMABLE_KEYS)
 
 
