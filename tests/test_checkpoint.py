@@ -38,7 +38,7 @@ def training_state():
         "partial_stats": stats.t(),  # non-contiguous
         "half": torch.linspace(-1, 1, 5, dtype=torch.bfloat16),  # no numpy dtype
         "rng": {"cpu": torch.get_rng_state(), "cuda": None},
-        "best_fd": 12.5, "trained_seconds": 0.25,
+        "best_quality": 12.5, "trained_seconds": 0.25,
     }
 
 
@@ -231,11 +231,11 @@ def test_a_checkpoint_with_non_finite_weights_is_not_written(tmp_path, poison):
 
 
 def test_plain_infinities_and_statistics_outside_the_networks_are_written(tmp_path):
-    """best_fd starts at infinity, a step's statistics may be NaN: neither is a network's weight."""
+    """best_quality starts at infinity, a step's statistics may be NaN: neither is a network's weight."""
     state = training_state()
-    state.update(best_fd=float("inf"), partial_stats=torch.full((2, 6), float("nan")))
+    state.update(best_quality=float("inf"), partial_stats=torch.full((2, 6), float("nan")))
     save_checkpoint(state, tmp_path / "last.pt")
-    assert load_checkpoint(tmp_path / "last.pt")["best_fd"] == float("inf")
+    assert load_checkpoint(tmp_path / "last.pt")["best_quality"] == float("inf")
 
 
 def test_a_generator_with_non_finite_weights_is_not_written(tmp_path):

@@ -12,7 +12,7 @@ import mnistgan
 from mnistgan import rundir
 from mnistgan import step as step_module
 from mnistgan import training as train_module
-from mnistgan.checkpoint import load_checkpoint, read_generator_file
+from mnistgan.checkpoint import load_checkpoint, read_generator_file, save_checkpoint
 from mnistgan.errors import UserError
 from mnistgan.step import STAT_COLUMNS
 
@@ -305,8 +305,22 @@ def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
     assert all(float(row["fd"]) > 0 and 0 <= float(row["precision"]) <= 1 for row in rows)
     assert (run.dir / "metric_curves.png").is_file()
     best = load_checkpoint(run.dir / "checkpoints" / "best.pt")
-    assert best["best_fd"] == pytest.approx(min(float(row["fd"]) for row in rows), rel=1e-4)
+    assert best["best_quality"] == pytest.approx(min(float(row["fd"]) for row in rows), rel=1e-4)
     assert "conditional_accuracy" not in rows[0]  # unconditional: nothing to ask for
+
+
+def test_a_checkpoint_that_calls_its_best_score_best_fd_resumes_with_it(tmp_path):
+    settings = {**TINY_MLP, "train.eval_every": 1, "train.eval_samples": 100}
+    run = mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "run").dir
+    last = run / "checkpoints" / "last.pt"
+    state = {key: value for key, value in load_checkpoint(last).items() if key not in ("format", "content_sha256")}
+    state["best_fd"] = -1.0  # a best no evaluation can beat, under the key's earlier name
+    del state["best_quality"]
+    save_checkpoint(state, last)
+    best_before = (run / "checkpoints" / "best.pt").read_bytes()
+    mnistgan.train(resume=run, epochs=2)
+    assert load_checkpoint(last)["best_quality"] == -1.0
+    assert (run / "checkpoints" / "best.pt").read_bytes() == best_before  # epoch 2 was no new best
 
 
 def test_evaluation_during_a_conditional_run_records_its_accuracy(tmp_path):

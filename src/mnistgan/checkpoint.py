@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 CHECKPOINT_DIGEST_KEY = "content_sha256"  # in a training checkpoint's state: digest of everything else in it
 GENERATOR_DIGEST_KEY = "weights_sha256"  # in a generator file's metadata: digest of its tensors
 # The entries of a training checkpoint that must be finite: the networks' weights and the optimizers'
-# state. Plain values (best_fd starts at infinity) and the partial epoch's loss statistics are not checked.
+# state. Plain values (best_quality starts at infinity) and the partial epoch's loss statistics are not checked.
 NETWORK_KEYS = ("generator", "discriminator", "ema", "g_optimizer", "d_optimizer")
 
 

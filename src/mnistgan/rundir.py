@@ -61,7 +61,7 @@ class RunPaths:
         return self.checkpoints / "last.pt"
 
     @property
-    def best_checkpoint(self) -> Path:  # lowest Fréchet distance seen by evaluation during training
+    def best_checkpoint(self) -> Path:  # the best evaluation during training: lowest FD (Stacked MNIST: reverse KL)
         return self.checkpoints / "best.pt"
 
     @property

@@ -334,7 +334,7 @@ class TrainingState:
     precision: str  # what the steps compute in: recorded so that a resume continues in it
     completed_epochs: int = 0
     step_in_epoch: int = 0  # steps done of the next epoch (a run stopped mid-epoch)
-    best_fd: float = math.inf
+    best_quality: float = math.inf  # the lowest FD (Stacked MNIST: reverse KL) an evaluation has seen
     trained_seconds: float = 0.0  # the steps of the finished epochs (and of a resumed epoch's first part)
     epoch_started: float | None = None  # perf_counter when this epoch's steps began, while they run
     breakdown: str | None = None  # the first epoch whose statistics showed a broken GAN, and why
@@ -360,7 +360,7 @@ class TrainingState:
             "g_optimizer": parts.g_optimizer.state_dict(), "d_optimizer": parts.d_optimizer.state_dict(),
             "partial_stats": parts.step.stats[: self.step_in_epoch].cpu(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "best_fd": self.best_fd, "trained_seconds": self.training_seconds(), "breakdown": self.breakdown,
+            "best_quality": self.best_quality, "trained_seconds": self.training_seconds(), "breakdown": self.breakdown,
             "threads": torch.get_num_threads(), "precision": self.precision, "device_type": device.type,
         }
 
@@ -400,7 +400,8 @@ class TrainingState:
             partly = " and part of the next" if self.step_in_epoch else ""
             raise UserError(f"{path.parent.parent} has trained {self.completed_epochs} epochs{partly}; "
                             f"{option('epochs')} must be at least {needed}")
-        self.best_fd, self.trained_seconds = state.get("best_fd", math.inf), state.get("trained_seconds", 0.0)
+        self.best_quality = state.get("best_quality", state.get("best_fd", math.inf))  # best_fd: its name before
+        self.trained_seconds = state.get("trained_seconds", 0.0)
         self.breakdown = state.get("breakdown")
         if self.step_in_epoch:
             parts.step.stats[: self.step_in_epoch] = state["partial_stats"].to(device)
@@ -494,8 +495,8 @@ class RunOutputs:
         if evaluating:
             result = self._evaluate(epoch)
             quality = float(result["reverse_kl" if self.stacked else "fd"])  # the number to minimise
-            if quality < state.best_fd:
-                state.best_fd = quality
+            if quality < state.best_quality:
+                state.best_quality = quality
                 state.save(self.paths.best_checkpoint, restart_timer=False)
         if self.tensorboard:
             self.tensorboard.flush()  # before the checkpoint: what precedes it is never lost to a crash
