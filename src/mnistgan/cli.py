@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--pretrained", metavar="NAME", help=PRETRAINED_HELP)
     sample.add_argument("--checkpoint", metavar="FILE", help="a checkpoint (.pt) or generator (.safetensors) file")
     sample.add_argument("--n", type=_positive_int, default=16, help="how many samples (with --digit all: per digit) (default: 16)")
-    sample.add_argument("--out", metavar="FILE", default="samples.png", help=".png for a grid, .npy for float32 (N, 1, 28, 28) in [-1, 1] (default: samples.png)")
+    sample.add_argument("--out", metavar="FILE", default="samples.png", help=".png for a grid, .npy for float32 (N, channels, 28, 28) in [-1, 1] (default: samples.png)")
     sample.add_argument("--seed", type=_seed, default=0, help="noise seed (default: 0)")
     sample.add_argument("--digit", type=_digit, help="conditional runs: the digit to draw, or 'all' for one row per digit")
 
