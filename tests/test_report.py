@@ -135,15 +135,31 @@ def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, capsys):
     assert "Fréchet distance" in (run_dir / "report.html").read_text()
 
 
-@pytest.mark.parametrize("written_as", ["absolute", "relative to another folder"])
+@pytest.mark.parametrize("written_as", ["relative to the run", "absolute", "relative to another folder (older records)"])
 def test_quality_measured_before_more_training_is_marked_stale(run_dir, written_as):
-    weights = run_dir / "generator.safetensors" if written_as == "absolute" else "runs/001-mlp-gan/generator.safetensors"
+    weights = {"relative to the run": "generator.safetensors", "absolute": run_dir / "generator.safetensors"}.get(
+        written_as, "runs/001-mlp-gan/generator.safetensors")
     (run_dir / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": 300, "weights": str(weights)}))
     assert "Stale" not in render_report(RunPaths(run_dir))
     later = (run_dir / "metrics.json").stat().st_mtime + 10
     os.utime(run_dir / "generator.safetensors", (later, later))  # the generator was written again since
     page = render_report(RunPaths(run_dir))
     assert "Stale:" in page and "trained on after this evaluation" in page
+
+
+def test_staleness_follows_the_file_that_was_scored(run_dir, tmp_path):
+    """Scored with another run's generator: training this run on does not make that score stale; a newer
+    file of the other run does."""
+    other = tmp_path / "other" / "generator.safetensors"
+    other.parent.mkdir()
+    shutil.copy(run_dir / "generator.safetensors", other)
+    assert main(["evaluate", "--run", str(run_dir), "--checkpoint", str(other), "--n", "100", "--device", "cpu"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["weights"] == str(other.resolve())
+    later = (run_dir / "metrics.json").stat().st_mtime + 10
+    os.utime(run_dir / "generator.safetensors", (later, later))
+    assert "Stale" not in render_report(RunPaths(run_dir))
+    os.utime(other, (later, later))
+    assert "Stale:" in render_report(RunPaths(run_dir))
 
 
 @pytest.mark.parametrize("out, words", [(".", ("is a folder", "give the report's file name")),

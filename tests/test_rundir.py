@@ -8,7 +8,7 @@ import pytest
 
 import mnistgan.rundir
 from mnistgan.errors import UserError
-from mnistgan.rundir import RunDirClaim, RunLock
+from mnistgan.rundir import RunDirClaim, RunLock, RunPaths
 
 
 def assert_names(error: Exception, *words: str) -> None:
@@ -16,6 +16,14 @@ def assert_names(error: Exception, *words: str) -> None:
     message = str(error)
     for word in words:
         assert word in message, (word, message)
+
+
+def test_records_name_files_inside_the_run_relative_to_it(tmp_path):
+    paths = RunPaths(tmp_path / "run")
+    inside, outside = paths.recorded(paths.last_checkpoint), paths.recorded(tmp_path / "elsewhere.pt")
+    assert inside == str(Path("checkpoints") / "last.pt") and outside == str(tmp_path.resolve() / "elsewhere.pt")
+    moved = RunPaths(tmp_path / "moved")
+    assert moved.resolve_recorded(inside) == moved.last_checkpoint and moved.resolve_recorded(outside) == Path(outside)
 
 
 def test_an_empty_folder_is_taken_once(tmp_path):

@@ -375,7 +375,8 @@ class Run:
         self._require_memory_for(n)
         result = score_generator(network, self.config.model, dataset, n, seed, torch_device, reference)
         floor = real_floor(dataset, n, torch_device) if reference == "test" else None
-        result = metrics_record(result, self.config, seed, str(self._weights_source), reference,
+        weights = self.paths.recorded(self._weights_source) if self.paths is not None else str(self._weights_source)
+        result = metrics_record(result, self.config, seed, weights, reference,
                                 **({"real_floor": floor} if floor is not None else {}))
         if save and self.paths is not None:
             write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")

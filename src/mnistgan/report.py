@@ -150,8 +150,9 @@ def _quality(result: dict, paths: RunPaths, command: str) -> str:
     when = f" (the generator after epoch {result['epoch']})" if isinstance(result.get("epoch"), int) else ""
     where = (f"<p>{_text(str(result.get('n', '?')))} samples against the {_text(str(result.get('reference', 'test')))} set, "
              f"weights from {_text(str(weights))}{_text(when)}.</p>")
-    # The run's own generator file is the one in this folder, whatever folder the path was written from.
-    scored = paths.generator if weights.name == paths.generator.name else weights
+    scored = paths.resolve_recorded(str(weights))
+    if not scored.exists() and not weights.is_absolute() and weights.name == paths.generator.name:
+        scored = paths.generator  # an older record: the run's own file, named from the folder training ran in
     if scored.is_file() and scored.stat().st_mtime > paths.metrics_json.stat().st_mtime:
         where += f"<p><strong>Stale:</strong> the run trained on after this evaluation; {command} measures it again.</p>"
     histogram = result.get("class_histogram")

@@ -76,6 +76,19 @@ class RunPaths:
     def metric_curves(self) -> Path:
         return self.root / "metric_curves.png"
 
+    def recorded(self, path: Path) -> str:
+        """``path`` as the run's records name it: relative to the run folder when it lies inside it, so
+        the record still names the right file after the folder is moved; otherwise absolute."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def resolve_recorded(self, recorded: str) -> Path:
+        """The file a record's path names (``recorded``'s inverse)."""
+        return self.root / recorded
+
     @property
     def metrics_json(self) -> Path:  # the final generator's quality: training's last evaluation, or `mnistgan evaluate`'s
         return self.root / "metrics.json"

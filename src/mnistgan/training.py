@@ -528,6 +528,13 @@ class RunOutputs:
         samples = self.config.train.final_eval_samples
         if not samples:
             return
+        record = self._final_evaluation_on_record(epoch, samples)
+        if record is not None:  # a finished run resumed: the same weights, already scored
+            # Written again after the generator file it describes, as a fresh score would be: not stale.
+            write_text_atomically(self.paths.metrics_json, json.dumps(record, indent=2) + "\n")
+            say(f"the generator of epoch {epoch} is already scored on {samples:,} samples: {self.paths.metrics_json}")
+            refresh_report(self.paths.root)
+            return
         try:
             if self.last_evaluation is not None and self.last_evaluation[:2] == (epoch, samples):
                 result = self.last_evaluation[2]  # the last epoch's evaluation scored these very samples
@@ -539,7 +546,8 @@ class RunOutputs:
             say(f"no final evaluation: {error} (the run is complete; `mnistgan evaluate --run {self.paths.root}` "
                 "scores it later)")
             return
-        record = metrics_record(result, self.config, self.evaluation_seed, str(self.paths.generator), epoch=epoch)
+        record = metrics_record(result, self.config, self.evaluation_seed, self.paths.recorded(self.paths.generator),
+                                epoch=epoch)
         if floor is not None:
             record["real_floor"] = floor
         # Written after the generator file it describes: a report reads an older metrics.json as stale.
@@ -551,6 +559,17 @@ class RunOutputs:
         compared = "real data's in brackets" if floor is not None else f"no real floor: fewer than {samples:,} real images"
         say(f"final evaluation of the {'EMA ' if self.has_ema else ''}generator on {samples:,} samples ({compared}): {numbers}")
         refresh_report(self.paths.root)
+
+    def _final_evaluation_on_record(self, epoch: int, samples: int) -> dict | None:
+        """metrics.json's record if it holds this very evaluation (the same weights, epoch, samples and seed)."""
+        try:
+            record = json.loads(self.paths.metrics_json.read_text())
+        except (OSError, ValueError):  # none yet, or damaged: score again
+            return None
+        wanted = {"epoch": epoch, "n": samples, "seed": self.evaluation_seed, "reference": "test",
+                  "weights": self.paths.recorded(self.paths.generator)}
+        same = isinstance(record, dict) and all(record.get(key) == value for key, value in wanted.items())
+        return record if same else None
 
     def close(self) -> None:
         if self.tensorboard:
