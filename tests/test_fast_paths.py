@@ -107,6 +107,23 @@ def test_cuda_graphs_and_bf16_compute_the_plain_losses(preset):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_with_penalties_at_intervals_compute_the_eager_losses():
+    # The penalties' double backward inside captured graphs, and a graph per phase of the interval:
+    # 3 does not divide steps_per_graph, so graphs start at different phases.
+    config = load_preset("mlp-gan").replace({**CASES["mlp-gan"], "performance.device": "cuda", "loss.r1_gamma": 1.0,
+                                             "loss.penalty_interval": 3})
+    steps = 3 + 3 * config.performance.steps_per_graph + 2
+    images, labels, order, noise_bank = same_inputs(config, 4096, steps)
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, images, labels, order, noise_bank, steps)
+    graphed = run_fast(config, device, images, labels, order, noise_bank, steps)
+    torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("preset", ["tf-dcgan-tutorial", "mlp-gan"])
 def test_compiled_networks_inside_cuda_graphs_compute_the_plain_losses(preset):
     config = load_preset(preset).replace({**CASES[preset], "performance.device": "cuda"})

@@ -147,6 +147,27 @@ def test_r1_is_in_ds_update_with_weight_gamma_over_two():
     assert_moved_to(parts.discriminator, expected, without)
 
 
+def test_r1_at_intervals_comes_every_nth_d_update_weighted_by_n():
+    gamma, interval = 20.0, 2
+    config = sgd_config(**{"loss.r1_gamma": gamma, "loss.penalty_interval": interval})
+    images, labels = random_images(2 * BATCH)
+    parts = one_step_parts(config, images, labels, steps=2)
+    calls = record_calls(parts.discriminator)
+    for step, penalised in enumerate([True, False]):  # steps 0 and 1 of the run
+        before, first_call = copy.deepcopy(parts.discriminator), len(calls)  # the copy keeps the hook: calls grows
+        parts.runner.run(1)
+        joint, _ = calls[first_call]  # the step's first D call: its update's [real; fake]
+        real, fake = joint[:BATCH].requires_grad_(True), joint[BATCH:]
+        torch.testing.assert_close(real, to_unit_range(images[step * BATCH:(step + 1) * BATCH]), rtol=0, atol=0)
+        real_scores = before(real)
+        adversarial = losses.discriminator_loss("non-saturating", real_scores, before(fake))
+        (input_gradient,) = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
+        r1 = input_gradient.pow(2).flatten(1).sum(1).mean()
+        with_r1 = expected_update(before, adversarial + 0.5 * interval * gamma * r1)
+        without = expected_update(before, losses.discriminator_loss("non-saturating", before(real), before(fake)))
+        assert_moved_to(parts.discriminator, *((with_r1, without) if penalised else (without, with_r1)))
+
+
 def test_a_packed_d_scores_real_packs_and_fake_packs_apart_in_its_update():
     config = sgd_config(**{"model.pack": 2})
     images, labels = random_images(BATCH)

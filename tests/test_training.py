@@ -708,16 +708,22 @@ def test_random_kills_never_corrupt_a_run_and_it_resumes_to_the_uninterrupted_re
     assert (straight / "losses.csv").read_text() == (run / "losses.csv").read_text()
 
 
-def test_the_relativistic_loss_with_r1_and_r2_trains_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("interval", [1, 3])
+def test_the_relativistic_loss_with_r1_and_r2_trains_and_resumes_exactly(tmp_path, interval):
     settings = {**TINY_MLP, "train.epochs": 2, "loss.adversarial": "relativistic", "loss.r1_gamma": 1.0, "loss.r2_gamma": 1.0,
-                "optim.beta1": 0.0}
+                "optim.beta1": 0.0, "loss.penalty_interval": interval}
     straight = mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "straight")
-    # The G update reads a fresh real batch: 256 images / (32 x 2 batches) = 4 steps an epoch.
+    # The G update reads a fresh real batch: 256 images / (32 x 2 batches) = 4 steps an epoch. With
+    # penalties every 3rd step the resumed epoch starts mid-interval: the run must keep its place.
     assert int(load_checkpoint(straight.dir / "checkpoints" / "last.pt")["g_optimizer"]["state"][0]["step"]) == 8
     mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
     mnistgan.train(resume=tmp_path / "resumed", epochs=2)
     assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
     assert np.isfinite(np.loadtxt(straight.dir / "losses.csv", delimiter=",", skiprows=1)).all()
+    if interval > 1:  # the interval changes training: the same run with penalties every step differs
+        every_step = mnistgan.train("mlp-gan", overrides={**settings, "loss.penalty_interval": 1}, out=tmp_path / "every")
+        first, second = weights_of(every_step.dir), weights_of(straight.dir)
+        assert any(not torch.equal(first[key], second[key]) for key in first)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "stacked-mnist"])

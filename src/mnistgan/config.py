@@ -125,6 +125,9 @@ class LossConfig:
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))  # one-sided: real target 1 - s
     r1_gamma: float = field(default=0.0, metadata=_range(0.0))  # R1 penalty weight on real data, 0 = off
     r2_gamma: float = field(default=0.0, metadata=_range(0.0))  # R2 penalty weight on generated data, 0 = off
+    # Lazy regularisation (Karras et al. 2020, StyleGAN2): R1 and R2 on every n-th D update only, weighted
+    # by n so that their average pull is the same; 1 = every update, as R3GAN applies them
+    penalty_interval: int = field(default=1, metadata=_range(1, 64))
     gp_lambda: float = field(default=10.0, metadata=_range(0.0))  # wasserstein-gp gradient penalty weight
 
 

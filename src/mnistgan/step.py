@@ -89,6 +89,9 @@ class TrainingStep:
         self.offsets = torch.arange(batch_size, device=device)
         self.stats = torch.zeros(steps_per_epoch, len(STAT_COLUMNS), device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
+        # Steps of the whole run so far, on the host: which D updates carry R1/R2 (``loss.penalty_interval``).
+        # The training loop sets it at each epoch's start (a resumed run included); each step adds one.
+        self.steps_done = 0
         if ema is not None:
             self.ema_parameters = list(ema.parameters())
             self.ema_buffers = [b for b in ema.buffers()]
@@ -106,6 +109,11 @@ class TrainingStep:
             self._update_ema()
         self.stats.index_copy_(0, self.step_index.view(1), stats.view(1, -1))
         self.step_index.add_(1)
+        self.steps_done += 1
+
+    def _penalised(self, d_step: int) -> bool:
+        """Whether D update ``d_step`` of this step carries the R1/R2 penalties."""
+        return (self.steps_done * self.config.train.d_steps + d_step) % self.config.loss.penalty_interval == 0
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         indices = self.order.index_select(0, self.cursor + self.offsets)
@@ -128,19 +136,22 @@ class TrainingStep:
                 return scores[:real_count], scores[real_count:]
             return network(real, real_labels).float(), network(fake, fake_labels).float()
 
-    def _discriminator_objective(self, real, real_labels, fake, fake_labels):
-        """D's full loss (adversarial + penalties) and the real/fake scores it was computed from."""
+    def _discriminator_objective(self, real, real_labels, fake, fake_labels, penalised: bool = True):
+        """D's full loss (adversarial + penalties) and the real/fake scores it was computed from;
+        R1 and R2 only where ``penalised``, then weighted by ``loss.penalty_interval``."""
         loss_config = self.config.loss
-        if loss_config.r1_gamma > 0:
+        r1_gamma, r2_gamma = ((loss_config.penalty_interval * loss_config.r1_gamma,
+                               loss_config.penalty_interval * loss_config.r2_gamma) if penalised else (0.0, 0.0))
+        if r1_gamma > 0:
             real = real.detach().requires_grad_(True)
-        if loss_config.r2_gamma > 0 and not fake.requires_grad:
+        if r2_gamma > 0 and not fake.requires_grad:
             fake = fake.requires_grad_(True)  # a detached fake (alternating updates): a leaf of its own
         real_scores, fake_scores = self._score(self.discriminator_train, real, real_labels, fake, fake_labels)
         loss = losses.discriminator_loss(self.loss_kind, real_scores, fake_scores, loss_config.label_smoothing)
-        if loss_config.r1_gamma > 0:
-            loss = loss + 0.5 * loss_config.r1_gamma * losses.r1_penalty(real_scores, real)
-        if loss_config.r2_gamma > 0:
-            loss = loss + 0.5 * loss_config.r2_gamma * losses.r2_penalty(fake_scores, fake)
+        if r1_gamma > 0:
+            loss = loss + 0.5 * r1_gamma * losses.r1_penalty(real_scores, real)
+        if r2_gamma > 0:
+            loss = loss + 0.5 * r2_gamma * losses.r2_penalty(fake_scores, fake)
         if self.loss_kind == "wasserstein-gp" and loss_config.gp_lambda > 0:
             with self.autocast:
                 penalty = losses.gradient_penalty(self.discriminator_train, real.detach(), fake.detach(), real_labels)
@@ -156,7 +167,8 @@ class TrainingStep:
             keep_graph = d_step == self.config.train.d_steps - 1
             with self.autocast, torch.set_grad_enabled(keep_graph):
                 fake = self.generator_train(z, fake_labels)
-            d_loss, real_scores, fake_scores = self._discriminator_objective(real, real_labels, fake.detach(), fake_labels)
+            d_loss, real_scores, fake_scores = self._discriminator_objective(real, real_labels, fake.detach(), fake_labels,
+                                                                             self._penalised(d_step))
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_optimizer.step()
@@ -196,7 +208,8 @@ class TrainingStep:
         z, fake_labels = self._noise()
         with self.autocast:
             fake = self.generator_train(z, fake_labels)
-        d_loss, real_scores, fake_scores = self._discriminator_objective(real, real_labels, fake, fake_labels)
+        d_loss, real_scores, fake_scores = self._discriminator_objective(real, real_labels, fake, fake_labels,
+                                                                         self._penalised(0))
         g_loss = losses.generator_loss(self.loss_kind, fake_scores, real_scores.detach())  # one batch: its reals pair
         self.g_optimizer.zero_grad(set_to_none=True)
         self.d_optimizer.zero_grad(set_to_none=True)
@@ -224,7 +237,7 @@ class StepRunner:
         self.use_graphs = use_graphs
         self.steps_per_graph = steps_per_graph
         self.warmup_left = GRAPH_WARMUP_STEPS
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (steps, phase)
 
     def run(self, remaining: int) -> int:
         """Run at most ``remaining`` steps (at least one); return how many ran."""
@@ -241,9 +254,14 @@ class StepRunner:
             self.warmup_left -= 1
             return 1
         count = self.steps_per_graph if remaining >= self.steps_per_graph else 1
-        if count not in self.graphs:
-            self.graphs[count] = self._capture(count)
-        self.graphs[count].replay()
+        # A graph holds fixed steps: with penalties at intervals, which of its steps carry them
+        # depends on where it starts, so graphs are kept per starting phase.
+        key = (count, self.step.steps_done % self.step.config.loss.penalty_interval)
+        steps_done = self.step.steps_done
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(count)  # capture runs the Python side of the steps, not the kernels
+        self.graphs[key].replay()
+        self.step.steps_done = steps_done + count
         return count
 
     def _capture(self, count: int) -> torch.cuda.CUDAGraph:

@@ -217,6 +217,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
     step.order.copy_(data.epoch_order(config.train.seed, epoch)[: step.order.numel()])
     step.cursor.fill_(state.step_in_epoch * data.images_per_step)
     step.step_index.fill_(state.step_in_epoch)
+    step.steps_done = (epoch - 1) * data.steps_per_epoch + state.step_in_epoch
     if state.parts.ema is not None:
         ema_copies_generator = epoch <= config.train.ema_start_epoch
         step.ema_weight.fill_(1.0 if ema_copies_generator else 1.0 - config.train.ema_decay)
