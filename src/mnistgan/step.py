@@ -136,7 +136,7 @@ class TrainingStep:
                 return scores[:real_count], scores[real_count:]
             return network(real, real_labels).float(), network(fake, fake_labels).float()
 
-    def _discriminator_objective(self, real, real_labels, fake, fake_labels, penalised: bool = True):
+    def _discriminator_objective(self, real, real_labels, fake, fake_labels, penalised: bool):
         """D's full loss (adversarial + penalties) and the real/fake scores it was computed from;
         R1 and R2 only where ``penalised``, then weighted by ``loss.penalty_interval``."""
         loss_config = self.config.loss
