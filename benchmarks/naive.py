@@ -25,7 +25,7 @@ def unsupported(config: Config) -> str | None:
     loss, model = config.loss, config.model
     reasons = [why for why, present in (("the R2 penalty", loss.r2_gamma > 0),
                                         ("the relativistic loss", loss.adversarial == "relativistic"),
-                                        ("penalties at intervals", loss.penalty_interval > 1 and loss.r1_gamma > 0),
+                                        ("penalties at intervals", loss.penalty_interval > 1),
                                         ("a packed discriminator", model.pack > 1),
                                         ("several G updates a step", config.train.g_steps > 1),
                                         (f"the {config.data.dataset} dataset", config.data.dataset != "mnist")) if present]

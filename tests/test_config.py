@@ -192,6 +192,13 @@ def test_a_bad_preset_file_is_one_line_naming_it(tmp_path, problem):
     assert message.startswith(f"preset file {path}") and words in message and "\n" not in message, message
 
 
+def test_penalties_at_intervals_need_a_penalty_to_space_out():
+    config = load_preset("r3gan")
+    assert config.replace({"loss.penalty_interval": 4}).loss.penalty_interval == 4
+    with pytest.raises(UserError, match="loss.penalty_interval = 4 spaces out R1 and R2, which are off: set loss.r1_gamma"):
+        load_preset("mlp-gan").replace({"loss.penalty_interval": 4})
+
+
 def test_packing_needs_unconditional_models_and_whole_packs_per_batch():
     config = load_preset("mlp-gan")
     assert config.replace({"model.pack": 4, "train.batch_size": 64}).model.pack == 4

@@ -337,7 +337,11 @@ def _check_consistency(config: Config) -> None:
                         f"{MIN_SCORED_SAMPLES} (10000 is the convention), or 0 for no final evaluation")
     if train.update == "simultaneous" and (train.d_steps != 1 or train.g_steps != 1):
         raise UserError("train.d_steps or train.g_steps > 1 needs train.update = 'alternating'")
-    if config.loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:
+    loss = config.loss
+    if loss.penalty_interval > 1 and loss.r1_gamma == 0 and loss.r2_gamma == 0:
+        raise UserError(f"loss.penalty_interval = {loss.penalty_interval} spaces out R1 and R2, which are off: "
+                        "set loss.r1_gamma or loss.r2_gamma, or leave loss.penalty_interval at 1")
+    if loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:
         raise UserError("wasserstein-gp's gradient penalty is per sample: turn off model.discriminator_batchnorm")
 
 
