@@ -140,8 +140,8 @@ class TrainingStep:
         """D's full loss (adversarial + penalties) and the real/fake scores it was computed from;
         R1 and R2 only where ``penalised``, then weighted by ``loss.penalty_interval``."""
         loss_config = self.config.loss
-        r1_gamma, r2_gamma = ((loss_config.penalty_interval * loss_config.r1_gamma,
-                               loss_config.penalty_interval * loss_config.r2_gamma) if penalised else (0.0, 0.0))
+        weight = loss_config.penalty_interval if penalised else 0.0
+        r1_gamma, r2_gamma = weight * loss_config.r1_gamma, weight * loss_config.r2_gamma
         if r1_gamma > 0:
             real = real.detach().requires_grad_(True)
         if r2_gamma > 0 and not fake.requires_grad:
