@@ -14,6 +14,7 @@ from mnistgan import step as step_module
 from mnistgan import training as train_module
 from mnistgan.checkpoint import load_checkpoint, read_generator_file, save_checkpoint
 from mnistgan.errors import UserError
+from mnistgan.metrics import evaluator as evaluator_module
 from mnistgan.step import STAT_COLUMNS
 
 from conftest import TINY, TINY_DCGAN, TINY_MLP, interrupt_after_steps
@@ -307,6 +308,19 @@ def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
     best = load_checkpoint(run.dir / "checkpoints" / "best.pt")
     assert best["best_quality"] == pytest.approx(min(float(row["fd"]) for row in rows), rel=1e-4)
     assert "conditional_accuracy" not in rows[0]  # unconditional: nothing to ask for
+
+
+def test_evaluating_during_training_does_not_change_what_it_trains(tmp_path):
+    # The noise is drawn from the random stream that train.seed seeds; loading the evaluator (its
+    # first use in this process, hence the cleared cache) must not draw from it.
+    settings = {**TINY_MLP, "train.epochs": 2}
+    plain = mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "plain")
+    evaluator_module._evaluator_of.cache_clear()
+    watched = mnistgan.train("mlp-gan", overrides={**settings, "train.eval_every": 1, "train.eval_samples": 100},
+                             out=tmp_path / "watched")
+    assert (watched.dir / "metrics.csv").is_file()
+    assert (plain.dir / "losses.csv").read_text() == (watched.dir / "losses.csv").read_text()
+    assert_bitwise_equal(weights_of(plain.dir), weights_of(watched.dir))
 
 
 def test_a_checkpoint_that_calls_its_best_score_best_fd_resumes_with_it(tmp_path):

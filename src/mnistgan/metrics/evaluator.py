@@ -178,7 +178,10 @@ def _load(path: Path, expected_sha256: str | None, device: str | torch.device) -
         raise UserError(f"evaluator weights {path} cannot be read ({error}); restore the file") from None
     if "trunk.0.0.weight" not in state or "head.weight" not in state:
         raise UserError(f"evaluator weights {path} do not fit the evaluator network; restore the file")
-    model = Evaluator(in_channels=state["trunk.0.0.weight"].shape[1], num_classes=state["head.weight"].shape[0])
+    # Its initial weights are overwritten below, so they must not be drawn from the caller's random
+    # stream: training draws its noise from it, and an evaluation would otherwise change the run.
+    with torch.random.fork_rng(devices=[]):
+        model = Evaluator(in_channels=state["trunk.0.0.weight"].shape[1], num_classes=state["head.weight"].shape[0])
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
