@@ -31,8 +31,9 @@ CASES = {
 STEPS = 6
 
 
-def run_fast(config, device, images, labels, order, noise_bank, steps, precision="fp32"):
-    """mnistgan's step for ``steps`` steps; returns the (steps, 4) statistics."""
+def run_fast(config, device, images, labels, order, noise_bank, steps, precision="fp32", new_rates=None):
+    """mnistgan's step for ``steps`` steps; returns the (steps, 4) statistics. ``new_rates``: (after how
+    many steps, (G's, D's learning rate)), set as the training loop sets them at an epoch's start."""
     steps_per_epoch = images.shape[0] // (config.train.batch_size * real_batches_per_step(config))
     parts = build_training(config, device, images.to(device), labels.to(device), config.train.batch_size,
                            steps_per_epoch, precision)
@@ -48,6 +49,8 @@ def run_fast(config, device, images, labels, order, noise_bank, steps, precision
     parts.step._noise = noise
     done = 0
     while done < steps:
+        if new_rates and done == new_rates[0]:
+            parts.runner.set_learning_rates(*new_rates[1])
         done += parts.runner.run(steps - done)
     return parts.step.stats[:steps].cpu()
 
@@ -59,14 +62,14 @@ def same_inputs(config, count, steps):
     return split.images[:count], split.labels[:count], epoch_order(0, 1, count), noise_bank
 
 
-def eager_and_graphed_on_cuda(config, count, steps):
+def eager_and_graphed_on_cuda(config, count, steps, new_rates=None):
     """The inputs of ``steps`` steps, and their statistics on CUDA eager and in CUDA graphs, both in true fp32."""
     inputs = same_inputs(config, count, steps)
     torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 on both sides (training itself would use TF32)
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda")
-    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, *inputs, steps)
-    graphed = run_fast(config, device, *inputs, steps)
+    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, *inputs, steps, new_rates=new_rates)
+    graphed = run_fast(config, device, *inputs, steps, new_rates=new_rates)
     return inputs, eager, graphed
 
 
@@ -120,6 +123,19 @@ def test_cuda_graphs_with_penalties_at_intervals_compute_the_eager_losses():
                                              "loss.penalty_interval": 3})
     steps = 3 + 3 * config.performance.steps_per_graph + 2
     _, eager, graphed = eager_and_graphed_on_cuda(config, 4096, steps)
+    torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_learning_rates_changed_between_graph_replays_reach_the_graphed_steps():
+    # A captured graph holds the learning rates it was captured with (optim.lr_decay_epochs changes
+    # them at epoch starts). Ten times the rates after the first multi-step graph: graphs that kept the
+    # old ones would be far outside the tolerance (the losses move by up to 1.2 in these steps, eager on the CPU).
+    config = load_preset("mlp-gan").replace({**CASES["mlp-gan"], "performance.device": "cuda"})
+    steps = 3 + 3 * config.performance.steps_per_graph + 2
+    new_rates = (3 + config.performance.steps_per_graph, (2e-3, 2e-3))
+    _, eager, graphed = eager_and_graphed_on_cuda(config, 4096, steps, new_rates)
     torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
 
 

@@ -11,7 +11,7 @@ from mnistgan import losses
 from mnistgan.checkpoint import load_checkpoint
 from mnistgan.config import load_preset
 from mnistgan.data import to_unit_range
-from mnistgan.step import build_training, seed_process_noise
+from mnistgan.step import build_training, learning_rates, seed_process_noise
 
 from conftest import TINY_DCGAN, TINY_MLP
 
@@ -95,6 +95,33 @@ def test_the_ema_copies_g_until_ema_start_epoch_ends_then_averages(tmp_path):
         g2 = second["generator"][name]
         assert torch.equal(second["ema"][name], g1 + weight * (g2 - g1)), name
     assert any(not torch.equal(second["ema"][name], second["generator"][name]) for name in second["generator"])
+
+
+# -- the learning rates ------------------------------------------------------------------------------
+
+
+def test_the_learning_rates_fall_along_a_cosine_to_their_final_fraction_then_stay():
+    config = tiny_config(**{"optim.generator_lr": 1e-3, "optim.discriminator_lr": 4e-3, "optim.lr_decay_epochs": 2,
+                            "optim.lr_final_fraction": 0.1})
+    # Each epoch takes the cosine at its middle: 0.25 and 0.75 of the way, then the end.
+    scales = [0.1 + 0.9 * 0.8535534, 0.1 + 0.9 * 0.1464466, 0.1, 0.1]
+    for epoch, scale in enumerate(scales, start=1):
+        assert learning_rates(config, epoch) == pytest.approx((1e-3 * scale, 4e-3 * scale)), epoch
+    constant = config.replace({"optim.lr_decay_epochs": 0})
+    assert {learning_rates(constant, epoch) for epoch in (1, 2, 50)} == {(1e-3, 4e-3)}
+
+
+def test_new_learning_rates_reach_the_optimizers_and_drop_graphs_captured_with_the_old():
+    config = tiny_config()
+    images, labels = random_images(BATCH)
+    runner = one_step_parts(config, images, labels).runner
+    runner.graphs[(1, 0)] = "a graph captured with the preset's learning rates"
+    runner.set_learning_rates(config.optim.generator_lr, config.optim.discriminator_lr)
+    assert runner.graphs  # the same rates: the graphs still hold them
+    runner.set_learning_rates(1e-5, 3e-5)
+    assert not runner.graphs
+    assert [group["lr"] for group in runner.step.g_optimizer.param_groups] == [1e-5]
+    assert [group["lr"] for group in runner.step.d_optimizer.param_groups] == [3e-5]
 
 
 # -- D's regularisers inside the step: SGD without momentum, so D moves by exactly -lr x its gradient

@@ -152,6 +152,26 @@ def test_simultaneous_update_changes_both_networks_from_one_batch(tmp_path):
     assert int(state["g_optimizer"]["state"][0]["step"]) == 1 and int(state["d_optimizer"]["state"][0]["step"]) == 1
 
 
+def test_the_learning_rates_decay_by_epoch_and_a_resumed_run_follows_the_same_schedule(tmp_path):
+    settings = {**TINY_MLP, "train.epochs": 3, "optim.lr_decay_epochs": 2, "optim.lr_final_fraction": 0.25}
+    mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "straight")
+    mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
+    lr = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 3}, out=tmp_path / "constant").config.optim.generator_lr
+
+    def rate_in_checkpoint(run):
+        state = load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")
+        return state["g_optimizer"]["param_groups"][0]["lr"], state["d_optimizer"]["param_groups"][0]["lr"]
+
+    first_epoch = lr * (0.25 + 0.75 * 0.8535534)  # the cosine a quarter of the way down
+    assert rate_in_checkpoint("resumed") == pytest.approx((first_epoch, first_epoch))
+    mnistgan.train(resume=tmp_path / "resumed", epochs=3)
+    assert rate_in_checkpoint("resumed") == pytest.approx((0.25 * lr, 0.25 * lr))
+    assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
+    assert rate_in_checkpoint("constant") == (lr, lr)
+    decayed, constant = weights_of(tmp_path / "straight"), weights_of(tmp_path / "constant")
+    assert all(not torch.equal(decayed[name], constant[name]) for name in decayed if name.endswith("weight"))
+
+
 def test_d_steps_update_d_more_often(tmp_path):
     run = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.d_steps": 2}, out=tmp_path / "d2")
     state = load_checkpoint(run.dir / "checkpoints" / "last.pt")

@@ -7,13 +7,14 @@ each step gathers its batch from the epoch's permutation with a device-side curs
 statistics into a device buffer, so a step needs nothing from the host: the same step runs eagerly
 or captured into CUDA graphs.
 
-To change the optimizers: ``make_optimizer`` (and ``OptimConfig``). The learning rates are constant;
-a schedule would be built beside the optimizers and stepped per epoch in ``training._train_epochs``.
+To change the optimizers: ``make_optimizer`` (and ``OptimConfig``); their learning rates per epoch:
+``learning_rates``, which the training loop applies at each epoch's start (``StepRunner.set_learning_rates``).
 To add a loss: ``losses.py`` (and ``LossConfig``); the step calls it by name.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,17 @@ def make_optimizer(parameters, config: Config, lr: float, capturable: bool) -> t
         return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, fused=True)
     return torch.optim.Adam(parameters, lr=lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
                             fused=True, capturable=capturable)
+
+
+def learning_rates(config: Config, epoch: int) -> tuple[float, float]:
+    """G's and D's learning rates during ``epoch`` (from 1): constant, or on ``optim.lr_decay_epochs``'
+    cosine, taken at the epoch's middle, down to ``optim.lr_final_fraction`` of them after its last epoch."""
+    optim = config.optim
+    scale = 1.0
+    if optim.lr_decay_epochs:
+        progress = min((epoch - 0.5) / optim.lr_decay_epochs, 1.0)
+        scale = optim.lr_final_fraction + (1 - optim.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    return optim.generator_lr * scale, optim.discriminator_lr * scale
 
 
 class TrainingStep:
@@ -263,6 +275,15 @@ class StepRunner:
         self.graphs[key].replay()
         self.step.steps_done = steps_done + count
         return count
+
+    def set_learning_rates(self, generator_lr: float, discriminator_lr: float) -> None:
+        """Use these learning rates from the next step on. A captured graph replays the learning rates it
+        was captured with, so a change drops the graphs: they are captured again at their next use."""
+        for optimizer, lr in ((self.step.g_optimizer, generator_lr), (self.step.d_optimizer, discriminator_lr)):
+            for group in optimizer.param_groups:
+                if group["lr"] != lr:
+                    group["lr"] = lr
+                    self.graphs.clear()
 
     def _capture(self, count: int) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()

@@ -34,7 +34,7 @@ from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
 from .sampling import fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
-from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, real_batches_per_step, seed_process_noise
+from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, learning_rates, real_batches_per_step, seed_process_noise
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 
 STOP_CHECK_STEPS = 50  # under torchrun, processes agree on a stop every this many steps (and at epoch ends)
@@ -221,6 +221,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
     if state.parts.ema is not None:
         ema_copies_generator = epoch <= config.train.ema_start_epoch
         step.ema_weight.fill_(1.0 if ema_copies_generator else 1.0 - config.train.ema_decay)
+    runner.set_learning_rates(*learning_rates(config, epoch))
     total = data.steps_per_epoch
     bar = tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {epoch}/{config.train.epochs}", leave=False,
                disable=not progress, unit="step", dynamic_ncols=True)
