@@ -141,8 +141,8 @@ class OptimConfig:
     eps: float = field(default=1e-8, metadata=_range(0.0, 1.0, low_open=True))  # adam; Keras uses 1e-7
     momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))  # sgd
     # Both learning rates fall along a cosine over the first lr_decay_epochs epochs, to lr_final_fraction
-    # of themselves, and stay there (R3GAN decays its learning rate so); 0 = constant. Counted in epochs
-    # from the run's start, so that a run resumed with more epochs continues the same schedule.
+    # of themselves, and stay there; 0 = constant. Counted in epochs from the run's start, so that a
+    # run resumed with more epochs continues the same schedule.
     lr_decay_epochs: int = field(default=0, metadata=_range(0, 100_000))
     lr_final_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))
 
