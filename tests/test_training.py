@@ -152,17 +152,21 @@ def test_simultaneous_update_changes_both_networks_from_one_batch(tmp_path):
     assert int(state["g_optimizer"]["state"][0]["step"]) == 1 and int(state["d_optimizer"]["state"][0]["step"]) == 1
 
 
-def test_the_learning_rates_decay_by_epoch_and_a_resumed_run_follows_the_same_schedule(tmp_path):
+def test_the_learning_rates_decay_by_epoch_and_a_resumed_run_follows_the_same_schedule(tmp_path, capsys):
     settings = {**TINY_MLP, "train.epochs": 3, "optim.lr_decay_epochs": 2, "optim.lr_final_fraction": 0.25}
     mnistgan.train("mlp-gan", overrides=settings, out=tmp_path / "straight")
+    said = capsys.readouterr().out
     mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
+    capsys.readouterr()
     lr = mnistgan.train("mlp-gan", overrides={**TINY_MLP, "train.epochs": 3}, out=tmp_path / "constant").config.optim.generator_lr
+    assert " lr " not in capsys.readouterr().out  # constant rates: not repeated on every line
 
     def rate_in_checkpoint(run):
         state = load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")
         return state["g_optimizer"]["param_groups"][0]["lr"], state["d_optimizer"]["param_groups"][0]["lr"]
 
     first_epoch = lr * (0.25 + 0.75 * 0.8535534)  # the cosine a quarter of the way down
+    assert f"lr {first_epoch:.3g}  " in said and f"lr {0.25 * lr:.3g}  " in said  # each epoch's line says its rate
     assert rate_in_checkpoint("resumed") == pytest.approx((first_epoch, first_epoch))
     mnistgan.train(resume=tmp_path / "resumed", epochs=3)
     assert rate_in_checkpoint("resumed") == pytest.approx((0.25 * lr, 0.25 * lr))
