@@ -9,6 +9,7 @@ import pytest
 import mnistgan
 from mnistgan import training as train_module
 from mnistgan.cli import main
+from mnistgan.step import learning_rates
 
 from conftest import TINY_MLP, interrupt_after_steps
 
@@ -30,7 +31,8 @@ def scalars(reader, tag):
 def test_a_run_logs_its_losses_speed_quality_and_grids(tmp_path):
     pytest.importorskip("tensorboard")
     run = mnistgan.train("vanilla-gan", overrides={**SETTINGS, "train.epochs": 2, "train.eval_every": 1,
-                                                   "train.eval_samples": 100, "train.final_eval_samples": 100},
+                                                   "train.eval_samples": 100, "train.final_eval_samples": 100,
+                                                   "optim.lr_decay_epochs": 2},
                          out=tmp_path / "run")
     reader = events(run.dir)
     with open(run.dir / "losses.csv") as handle:
@@ -40,6 +42,10 @@ def test_a_run_logs_its_losses_speed_quality_and_grids(tmp_path):
         assert [step for step, _ in logged] == [int(row["step"]) for row in rows]
         assert [value for _, value in logged] == pytest.approx([float(row[column]) for row in rows], rel=1e-6)
     assert [step for step, _ in scalars(reader, "train/images_per_second")] == [8, 16]
+    rates = [learning_rates(run.config, epoch) for epoch in (1, 2)]  # decaying: each epoch's own
+    assert rates[0] != rates[1]
+    for network, tag in enumerate(("train/generator_lr", "train/discriminator_lr")):
+        assert scalars(reader, tag) == [(8, pytest.approx(rates[0][network])), (16, pytest.approx(rates[1][network]))]
     with open(run.dir / "metrics.csv") as handle:
         evaluated = list(csv.DictReader(handle))
     assert [step for step, _ in scalars(reader, "eval/fd")] == [8, 16]

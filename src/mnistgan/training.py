@@ -473,14 +473,15 @@ class RunOutputs:
         schedule, step = self.config.train, epoch * self.steps_per_epoch
         rows = loss_rows(epoch_stats, epoch, schedule.log_every)
         append_csv(self.paths.losses, ("step", "epoch") + STAT_COLUMNS, rows)
+        g_lr, d_lr = learning_rates(self.config, epoch)
         if self.tensorboard:
             for row in rows:
                 self.tensorboard.scalars("train", dict(zip(STAT_COLUMNS, map(float, row[2:]))), row[0])
-            self.tensorboard.scalars("train", {"images_per_second": images_per_second}, step)
+            self.tensorboard.scalars("train", {"images_per_second": images_per_second, "generator_lr": g_lr,
+                                               "discriminator_lr": d_lr}, step)
         means = epoch_stats.mean(0).tolist()
         rates = ""
         if self.config.optim.lr_decay_epochs:  # the epoch's learning rates, where they change
-            g_lr, d_lr = learning_rates(self.config, epoch)
             rates = f"  lr {g_lr:.3g}" + (f" (D {d_lr:.3g})" if d_lr != g_lr else "")
         say(f"epoch {epoch:>4}/{schedule.epochs}  d_loss {means[0]:.4f}  g_loss {means[1]:.4f}  "
             f"D(x) {means[2]:.3f}  D(G(z)) {means[3]:.3f}{rates}  {images_per_second:,.0f} img/s  {seconds:.1f} s"
