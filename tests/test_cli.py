@@ -410,12 +410,12 @@ def test_evaluate_a_run_writes_metrics_json(capsys, trained_run):
 def test_a_full_disk_while_evaluating_is_one_line(capsys, trained_run, monkeypatch):
     import errno
 
-    import mnistgan.api
+    import mnistgan.rundir
 
     def no_space(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(mnistgan.api, "write_text_atomically", no_space)
+    monkeypatch.setattr(mnistgan.rundir, "write_text_atomically", no_space)  # metrics.json's writer
     line = one_error_line(capsys, ["evaluate", "--run", str(trained_run), "--n", "200", "--device", "cpu"])
     assert_names(line, "No space left on device", str(trained_run / "metrics.json"))
 

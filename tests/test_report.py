@@ -13,6 +13,7 @@ import pytest
 import mnistgan
 from mnistgan.cli import main
 from mnistgan.config import tomllib
+from mnistgan.errors import UserError
 from mnistgan.report import render_report, write_report
 from mnistgan.rundir import RunPaths
 
@@ -128,6 +129,8 @@ def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, capsys):
     (run_dir / "metrics.json").write_text('{"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": null')  # cut short
     page = render_report(RunPaths(run_dir))
     assert "metrics.json cannot be read" in page and "<script>" not in page
+    with pytest.raises(UserError, match="is damaged"):  # the API says so too, in one line
+        mnistgan.load(run_dir).metrics
     (run_dir / "metrics.json").write_text(json.dumps({"fd": 1.5, "n": "<script>x</script>", "conditional_accuracy": None}))
     page = render_report(RunPaths(run_dir))
     assert "&lt;script&gt;x&lt;/script&gt; samples" in page and "<td class=\"number\">None</td>" in page

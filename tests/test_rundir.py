@@ -8,7 +8,7 @@ import pytest
 
 import mnistgan.rundir
 from mnistgan.errors import UserError
-from mnistgan.rundir import RunDirClaim, RunLock, RunPaths
+from mnistgan.rundir import RunDirClaim, RunLock, RunPaths, read_metrics, write_metrics
 
 
 def assert_names(error: Exception, *words: str) -> None:
@@ -24,6 +24,19 @@ def test_records_name_files_inside_the_run_relative_to_it(tmp_path):
     assert inside == str(Path("checkpoints") / "last.pt") and outside == str(tmp_path.resolve() / "elsewhere.pt")
     moved = RunPaths(tmp_path / "moved")
     assert moved.resolve_recorded(inside) == moved.last_checkpoint and moved.resolve_recorded(outside) == Path(outside)
+
+
+@pytest.mark.parametrize("damaged", [b'{"fd": 1.5, "n": 10', b"\xff\xfe\x00", b"[1.5, 10000]", b""],
+                         ids=["cut-short", "not-utf8", "not-a-record", "empty"])
+def test_metrics_json_reads_back_what_was_written_and_a_damaged_one_says_how_to_mend_it(tmp_path, damaged):
+    paths = RunPaths(tmp_path)
+    assert read_metrics(paths) is None  # not evaluated yet
+    write_metrics(paths, {"fd": 1.5, "n": 10000})
+    assert read_metrics(paths) == {"fd": 1.5, "n": 10000}
+    paths.metrics_json.write_bytes(damaged)
+    with pytest.raises(UserError) as error:
+        read_metrics(paths)
+    assert_names(error.value, str(paths.metrics_json), "damaged", f"mnistgan evaluate --run {tmp_path}")
 
 
 def test_an_empty_folder_is_taken_once(tmp_path):

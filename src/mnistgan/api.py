@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from .datasets import check_name, load_dataset
 from .devices import resolve_device
 from .distributed import is_main_process
 from .errors import UserError, option
-from .files import write_text_atomically
 from .metrics import evaluate_images
 from .metrics.generators import STACKED, default_samples, evaluation_seed, metrics_record, real_floor, score_generator
 from .metrics.modes import evaluate_stacked
@@ -37,7 +35,7 @@ from .imagefiles import available_memory, load_samples
 from .models import build_generator
 from .plots import image_grid
 from .report import refresh_report
-from .rundir import RunDirClaim, lock_for_resume, read_csv_columns, require_run_dir
+from .rundir import RunDirClaim, lock_for_resume, read_csv_columns, read_metrics, require_run_dir, write_metrics
 from .sampling import (CONDITIONAL_GRID_COLUMNS, class_rows_inputs, generate, grid_classes, morph_inputs,
                        refresh_batchnorm_statistics, sample_latent, walk_inputs)
 from .training import train as run_training
@@ -338,9 +336,10 @@ class Run:
     @property
     def metrics(self) -> dict:
         """The last ``evaluate`` result saved in the run (metrics.json)."""
-        if self.paths is None or not self.paths.metrics_json.is_file():
+        record = read_metrics(self.paths) if self.paths is not None else None
+        if record is None:
             raise UserError("this run has not been evaluated yet; call run.evaluate() or `mnistgan evaluate --run`")
-        return json.loads(self.paths.metrics_json.read_text())
+        return record
 
     @property
     def trained_seconds(self) -> float:
@@ -379,7 +378,7 @@ class Run:
         result = metrics_record(result, self.config, seed, weights, reference,
                                 **({"real_floor": floor} if floor is not None else {}))
         if save and self.paths is not None:
-            write_text_atomically(self.paths.metrics_json, json.dumps(result, indent=2) + "\n")
+            write_metrics(self.paths, result)
             refresh_report(self.paths.root)
         return result
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 import warnings
 from pathlib import Path
@@ -17,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, load_toml
+from .errors import UserError
 from .files import write_text_atomically
 from .losses import breakdown
 from .metrics import METRIC_KEYS
 from .metrics.generators import default_samples
-from .rundir import RunPaths, read_csv_columns, require_run_dir
+from .rundir import RunPaths, read_csv_columns, read_metrics, require_run_dir
 from .step import STAT_COLUMNS
 
 # Laid out for a laptop (64em: room for two 488-pixel sample grids side by side; the config in columns)
@@ -81,11 +81,11 @@ def render_report(paths: RunPaths) -> str:
     parts.append("<h2>Quality</h2>")
     command = f"<code>mnistgan evaluate --run {_text(str(paths.root))}</code>"
     try:
-        result = json.loads(paths.metrics_json.read_text()) if paths.metrics_json.is_file() else None
-    except ValueError:
+        result = read_metrics(paths)
+    except UserError:
         result = None
         parts.append(f"<p>metrics.json cannot be read; {command} writes it again.</p>")
-    if isinstance(result, dict):
+    if result is not None:
         parts.append(_quality(result, paths, command))
     elif paths.metrics_json.is_file():
         pass  # damaged: said above

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import json
 import os
 import re
 import time
@@ -121,6 +122,31 @@ class RunPaths:
                 target = temporary_target(temporary.name)
                 if target is not None and (target in own or (folder == self.samples and self.is_sample_image(target))):
                     temporary.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics.json: the final generator's quality (training's final evaluation, or `mnistgan evaluate`'s)
+
+
+def read_metrics(paths: RunPaths) -> dict | None:
+    """metrics.json's record; None where the run has none. A file that is not a JSON record (cut
+    short by a full disk, edited by hand) raises UserError naming the command that writes it again."""
+    try:
+        record = json.loads(paths.metrics_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise UserError(f"cannot read {paths.metrics_json}: {describe_os_error(error)}") from None
+    except ValueError:  # not JSON, or not UTF-8
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{paths.metrics_json} is damaged (not a JSON record); "
+                        f"`mnistgan evaluate --run {paths.root}` writes it again")
+    return record
+
+
+def write_metrics(paths: RunPaths, record: dict) -> None:
+    write_text_atomically(paths.metrics_json, json.dumps(record, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ The run folder's files are ``rundir``'s.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -27,12 +26,12 @@ from .datasets import Dataset, load_dataset
 from .devices import choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
-from .files import write_text_atomically
 from .metrics.evaluator import load_evaluator
 from .metrics.generators import evaluation_seed, metrics_record, real_floor, score_generator
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
-from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, start_run)
+from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, read_metrics, start_run,
+                     write_metrics)
 from .sampling import fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
 from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, learning_rates, real_batches_per_step, seed_process_noise
 from .tensorboard_log import TensorBoardLog, require_tensorboard
@@ -538,7 +537,7 @@ class RunOutputs:
         record = self._final_evaluation_on_record(epoch, samples)
         if record is not None:  # a finished run resumed: the same weights, already scored
             # Written again after the generator file it describes, as a fresh score would be: not stale.
-            write_text_atomically(self.paths.metrics_json, json.dumps(record, indent=2) + "\n")
+            write_metrics(self.paths, record)
             say(f"the generator of epoch {epoch} is already scored on {samples:,} samples: {self.paths.metrics_json}")
             refresh_report(self.paths.root)
             return
@@ -558,7 +557,7 @@ class RunOutputs:
         if floor is not None:
             record["real_floor"] = floor
         # Written after the generator file it describes: a report reads an older metrics.json as stale.
-        write_text_atomically(self.paths.metrics_json, json.dumps(record, indent=2) + "\n")
+        write_metrics(self.paths, record)
         if self.tensorboard:
             self.tensorboard.scalars("final", self._tracked(result), epoch * self.steps_per_epoch)
         numbers = "  ".join(f"{key} {value:.4g}" + (f" ({floor[key]:.4g})" if floor and key in floor else "")
@@ -570,12 +569,12 @@ class RunOutputs:
     def _final_evaluation_on_record(self, epoch: int, samples: int) -> dict | None:
         """metrics.json's record if it holds this very evaluation (the same weights, epoch, samples and seed)."""
         try:
-            record = json.loads(self.paths.metrics_json.read_text())
-        except (OSError, ValueError):  # none yet, or damaged: score again
+            record = read_metrics(self.paths)
+        except UserError:  # damaged: score again
             return None
         wanted = {"epoch": epoch, "n": samples, "seed": self.evaluation_seed, "reference": "test",
                   "weights": self.paths.recorded(self.paths.generator)}
-        same = isinstance(record, dict) and all(record.get(key) == value for key, value in wanted.items())
+        same = record is not None and all(record.get(key) == value for key, value in wanted.items())
         return record if same else None
 
     def close(self) -> None:
