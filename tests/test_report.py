@@ -123,6 +123,13 @@ def test_the_report_command(run_dir, tmp_path, capsys):
     assert write_report(run_dir) == run_dir / "report.html"
 
 
+def test_an_unreadable_metrics_json_is_said_once(run_dir):
+    (run_dir / "metrics.json").mkdir()  # reading it fails; the page says so and nothing else about quality
+    page = render_report(RunPaths(run_dir))
+    assert "metrics.json cannot be read" in page
+    assert "Measured during training only" not in page and "Not evaluated yet" not in page
+
+
 def test_damaged_logs_give_a_report_and_never_end_a_command(run_dir, capsys):
     with open(run_dir / "losses.csv", "a") as handle:
         handle.write("41,4,0.5")  # a row cut short by a kill

@@ -39,6 +39,15 @@ def test_metrics_json_reads_back_what_was_written_and_a_damaged_one_says_how_to_
     assert_names(error.value, str(paths.metrics_json), "damaged", f"mnistgan evaluate --run {tmp_path}")
 
 
+def test_an_unreadable_metrics_json_names_the_file_once_and_the_way_out(tmp_path):
+    paths = RunPaths(tmp_path)
+    paths.metrics_json.mkdir()  # a folder where the file should be: reading it fails
+    with pytest.raises(UserError) as error:
+        read_metrics(paths)
+    assert str(error.value).count(str(paths.metrics_json)) == 1
+    assert_names(error.value, "cannot read", "permissions", f"mnistgan evaluate --run {tmp_path}")
+
+
 def test_an_empty_folder_is_taken_once(tmp_path):
     (tmp_path / ".gitkeep").write_text("")  # hidden files do not make a folder taken
     claim = RunDirClaim(tmp_path, tmp_path / "runs", "x", "a = 1\n")

@@ -82,19 +82,17 @@ def render_report(paths: RunPaths) -> str:
     command = f"<code>mnistgan evaluate --run {_text(str(paths.root))}</code>"
     try:
         result = read_metrics(paths)
-    except UserError:
-        result = None
+    except UserError:  # damaged
         parts.append(f"<p>metrics.json cannot be read; {command} writes it again.</p>")
-    if result is not None:
-        parts.append(_quality(result, paths, command))
-    elif paths.metrics_json.is_file():
-        pass  # damaged: said above
-    elif paths.metrics_csv.is_file():
-        parts.append(f"<p>Measured during training only (the curve above, on {config.train.eval_samples} samples); "
-                     f"{command} measures the final generator on {default_samples(config.data.dataset):,} and adds the numbers here.</p>")
     else:
-        parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here (a run that finishes "
-                     "scores itself unless train.final_eval_samples = 0).</p>")
+        if result is not None:
+            parts.append(_quality(result, paths, command))
+        elif paths.metrics_csv.is_file():
+            parts.append(f"<p>Measured during training only (the curve above, on {config.train.eval_samples} samples); "
+                         f"{command} measures the final generator on {default_samples(config.data.dataset):,} and adds the numbers here.</p>")
+        else:
+            parts.append(f"<p>Not evaluated yet: {command} measures it and adds the numbers here (a run that finishes "
+                         "scores itself unless train.final_eval_samples = 0).</p>")
     parts += ["<h2>Config</h2>", _config(paths.config.read_text())]
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

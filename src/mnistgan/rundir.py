@@ -136,7 +136,8 @@ def read_metrics(paths: RunPaths) -> dict | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise UserError(f"cannot read {paths.metrics_json}: {describe_os_error(error)}") from None
+        raise UserError(f"cannot read the run's metrics.json: {describe_os_error(error)}; fix that file's permissions, "
+                        f"or remove it and run `mnistgan evaluate --run {paths.root}`") from None
     except ValueError:  # not JSON, or not UTF-8
         record = None
     if not isinstance(record, dict):
