@@ -199,6 +199,12 @@ def test_penalties_at_intervals_need_a_penalty_to_space_out():
         load_preset("mlp-gan").replace({"loss.penalty_interval": 4})
 
 
+def test_an_ema_ramp_up_needs_an_ema():
+    assert load_preset("r3gan").replace({"train.ema_rampup": 0.05}).train.ema_rampup == 0.05
+    with pytest.raises(UserError, match="train.ema_rampup shortens the EMA of G, which is off: set train.ema_decay"):
+        load_preset("mlp-gan").replace({"train.ema_rampup": 0.05})
+
+
 def test_packing_needs_unconditional_models_and_whole_packs_per_batch():
     config = load_preset("mlp-gan")
     assert config.replace({"model.pack": 4, "train.batch_size": 64}).model.pack == 4

@@ -11,7 +11,7 @@ from mnistgan import losses
 from mnistgan.checkpoint import load_checkpoint
 from mnistgan.config import load_preset
 from mnistgan.data import to_unit_range
-from mnistgan.step import build_training, learning_rates, seed_process_noise
+from mnistgan.step import build_training, ema_decay, learning_rates, seed_process_noise
 
 from conftest import TINY_DCGAN, TINY_MLP
 
@@ -79,9 +79,15 @@ def test_one_step_moves_the_ema_a_share_w_of_the_way_to_g():
     assert buffers and all(torch.equal(buffers[name], buffer) for name, buffer in parts.generator.named_buffers())
 
 
-def test_the_ema_copies_g_until_ema_start_epoch_ends_then_averages(tmp_path):
+@pytest.mark.parametrize("rampup, weight", [
+    (0.0, 1 - 0.75),
+    # ramped: a half-life of the 1.5 steps taken by epoch 2's middle, a shorter one than 0.75's
+    (1.0, 1 - 0.5 ** (1 / 1.5)),
+])
+def test_the_ema_copies_g_until_ema_start_epoch_ends_then_averages(tmp_path, rampup, weight):
     # One step per epoch (32 images, batch 32): the EMA after epoch 2 is one update from G after epoch 1.
-    settings = {**TINY_MLP, "train.subset": 32, "train.ema_decay": 0.75, "train.ema_start_epoch": 1}
+    settings = {**TINY_MLP, "train.subset": 32, "train.ema_decay": 0.75, "train.ema_start_epoch": 1,
+                "train.ema_rampup": rampup}
     first = load_checkpoint(mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1},
                                            out=tmp_path / "one").dir / "checkpoints" / "last.pt")
     second = load_checkpoint(mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 2},
@@ -89,12 +95,27 @@ def test_the_ema_copies_g_until_ema_start_epoch_ends_then_averages(tmp_path):
     # Epoch 1 is not after ema_start_epoch: the EMA is G exactly.
     assert first["ema"].keys() == first["generator"].keys()
     assert all(torch.equal(first["ema"][name], first["generator"][name]) for name in first["generator"])
-    # Epoch 2 averages, with weight 1 - ema_decay, from epoch 1's G (= its EMA) towards epoch 2's G.
-    weight = torch.tensor(1 - 0.75)
+    # Epoch 2 averages, with weight 1 - its decay, from epoch 1's G (= its EMA) towards epoch 2's G
+    # (to the last bit where the weight is a power of two; lerp's fused arithmetic may round otherwise).
+    weight = torch.tensor(weight)
     for name, g1 in first["generator"].items():
         g2 = second["generator"][name]
-        assert torch.equal(second["ema"][name], g1 + weight * (g2 - g1)), name
+        torch.testing.assert_close(second["ema"][name], g1 + weight * (g2 - g1), rtol=0, atol=0 if rampup == 0 else 1e-6)
     assert any(not torch.equal(second["ema"][name], second["generator"][name]) for name in second["generator"])
+
+
+def test_the_ramped_ema_half_life_is_its_share_of_the_steps_taken_up_to_ema_decay():
+    config = tiny_config(**{"train.ema_decay": 0.999, "train.ema_rampup": 0.05})
+    # 100 steps per epoch; by the middle of epoch 1, 3 and 7: 50, 250 and 650 steps.
+    for epoch, steps_taken in ((1, 50), (3, 250), (7, 650)):
+        assert ema_decay(config, epoch, 100) ** (0.05 * steps_taken) == pytest.approx(0.5), epoch
+    # The half-life of 0.999 is 693 steps: 5% of the steps taken passes it in epoch 140, and stays capped.
+    assert ema_decay(config, 139, 100) < 0.999
+    assert [ema_decay(config, epoch, 100) for epoch in (140, 500)] == [0.999, 0.999]
+    assert {ema_decay(config.replace({"train.ema_rampup": 0.0}), epoch, 100) for epoch in (1, 3, 500)} == {0.999}
+    later = config.replace({"train.ema_start_epoch": 2})
+    assert [ema_decay(later, epoch, 100) for epoch in (1, 2)] == [0.0, 0.0]  # a copy of G
+    assert ema_decay(later, 3, 100) == ema_decay(config, 3, 100)
 
 
 # -- the learning rates ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import mnistgan
 from mnistgan import training as train_module
 from mnistgan.cli import main
-from mnistgan.step import learning_rates
+from mnistgan.step import ema_decay, learning_rates
 
 from conftest import TINY_MLP, interrupt_after_steps
 
@@ -32,7 +32,8 @@ def test_a_run_logs_its_losses_speed_quality_and_grids(tmp_path):
     pytest.importorskip("tensorboard")
     run = mnistgan.train("vanilla-gan", overrides={**SETTINGS, "train.epochs": 2, "train.eval_every": 1,
                                                    "train.eval_samples": 100, "train.final_eval_samples": 100,
-                                                   "optim.lr_decay_epochs": 2},
+                                                   "optim.lr_decay_epochs": 2, "train.ema_decay": 0.999,
+                                                   "train.ema_rampup": 0.5},
                          out=tmp_path / "run")
     reader = events(run.dir)
     with open(run.dir / "losses.csv") as handle:
@@ -46,6 +47,9 @@ def test_a_run_logs_its_losses_speed_quality_and_grids(tmp_path):
     assert rates[0] != rates[1]
     for network, tag in enumerate(("train/generator_lr", "train/discriminator_lr")):
         assert scalars(reader, tag) == [(8, pytest.approx(rates[0][network])), (16, pytest.approx(rates[1][network]))]
+    decays = [ema_decay(run.config, epoch, 8) for epoch in (1, 2)]  # ramped up: each epoch's own
+    assert decays[0] < decays[1] < 0.999
+    assert scalars(reader, "train/ema_decay") == [(8, pytest.approx(decays[0])), (16, pytest.approx(decays[1]))]
     with open(run.dir / "metrics.csv") as handle:
         evaluated = list(csv.DictReader(handle))
     assert [step for step, _ in scalars(reader, "eval/fd")] == [8, 16]

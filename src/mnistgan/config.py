@@ -158,6 +158,9 @@ class TrainConfig:
     g_steps: int = field(default=1, metadata=_range(1, 100))
     ema_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))  # EMA of G weights for sampling, 0 = off
     ema_start_epoch: int = field(default=0, metadata=_range(0))  # the EMA copies G until this epoch ends
+    # the EMA's half-life is at most this fraction of the steps taken so far, so a young run averages
+    # its recent weights, not its first ones; ema_decay caps it (StyleGAN2-ADA's ramp-up); 0 = off
+    ema_rampup: float = field(default=0.0, metadata=_range(0.0, 1.0))
     seed: int = field(default=0, metadata=_range(0, MAX_SEED))
     subset: int = field(default=0, metadata=_range(0))  # train on the first N images, 0 = all
     sample_every: int = field(default=1, metadata=_range(1))  # epochs between fixed-noise grids
@@ -340,6 +343,9 @@ def _check_consistency(config: Config) -> None:
     if 0 < train.final_eval_samples < MIN_SCORED_SAMPLES:
         raise UserError(f"train.final_eval_samples = {train.final_eval_samples} is too few to score; use at least "
                         f"{MIN_SCORED_SAMPLES} (10000 is the convention), or 0 for no final evaluation")
+    if train.ema_rampup and not train.ema_decay:
+        raise UserError("train.ema_rampup shortens the EMA of G, which is off: set train.ema_decay (its longest "
+                        "decay, e.g. 0.999), or leave train.ema_rampup at 0")
     if train.update == "simultaneous" and (train.d_steps != 1 or train.g_steps != 1):
         raise UserError("train.d_steps or train.g_steps > 1 needs train.update = 'alternating'")
     loss = config.loss

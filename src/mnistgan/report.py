@@ -113,7 +113,8 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
         ("optimiser", f"{optim.optimizer}, lr G {optim.generator_lr:g} / D {optim.discriminator_lr:g}, batch {train.batch_size}"
                       + (f", {train.d_steps} D steps per G step" if train.d_steps > 1 else "")
                       + (f", {train.g_steps} G steps per D step" if train.g_steps > 1 else "")
-                      + (f", EMA of G {train.ema_decay:g}" if train.ema_decay else "")),
+                      + (f", EMA of G {train.ema_decay:g}" if train.ema_decay else "")
+                      + (f" (half-life at most {train.ema_rampup:.0%} of the steps taken)" if train.ema_rampup else "")),
     ]
     if epochs_done:
         last = losses["epoch"] == epochs_done

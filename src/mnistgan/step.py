@@ -58,6 +58,19 @@ def learning_rates(config: Config, epoch: int) -> tuple[float, float]:
     return optim.generator_lr * scale, optim.discriminator_lr * scale
 
 
+def ema_decay(config: Config, epoch: int, steps_per_epoch: int) -> float:
+    """The EMA's decay during ``epoch`` (from 1): 0 (a copy of G) up to ``train.ema_start_epoch``, then
+    ``train.ema_decay``, or with ``train.ema_rampup`` the shorter decay whose half-life is that fraction of
+    the steps taken by the epoch's middle."""
+    train = config.train
+    if epoch <= train.ema_start_epoch:
+        return 0.0
+    if not train.ema_rampup:
+        return train.ema_decay
+    half_life_steps = train.ema_rampup * (epoch - 0.5) * steps_per_epoch
+    return min(train.ema_decay, 0.5 ** (1 / half_life_steps))
+
+
 class TrainingStep:
     """One training step (D update(s), then the G update) on the device, with no host synchronisation.
 

@@ -4,9 +4,10 @@
 
 They show what the run folder's own logs hold, against the training step: losses.csv's rows
 (``train/d_loss``, ``train/g_loss``, ``train/d_real`` = mean D(x), ``train/d_fake`` = mean D(G(z))),
-each epoch's ``train/images_per_second`` and learning rates (``train/generator_lr``,
-``train/discriminator_lr``), each evaluation's numbers (``eval/fd``, ...; the finished
-generator's as ``final/fd``, ...) and the fixed-noise grid of each sampling epoch (``samples``).
+each epoch's ``train/images_per_second``, learning rates (``train/generator_lr``,
+``train/discriminator_lr``) and EMA decay (``train/ema_decay``), each evaluation's numbers
+(``eval/fd``, ...; the finished generator's as ``final/fd``, ...) and the fixed-noise grid of each
+sampling epoch (``samples``).
 
 TensorBoard is an optional extra: ``pip install "mnistgan[tensorboard]"``.
 """

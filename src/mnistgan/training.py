@@ -33,7 +33,7 @@ from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, read_metrics, start_run,
                      write_metrics)
 from .sampling import fixed_inputs, generate, grid_columns, refresh_batchnorm_statistics
-from .step import STAT_COLUMNS, TrainingParts, build_training, epoch_order, learning_rates, real_batches_per_step, seed_process_noise
+from .step import STAT_COLUMNS, TrainingParts, build_training, ema_decay, epoch_order, learning_rates, real_batches_per_step, seed_process_noise
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 
 STOP_CHECK_STEPS = 50  # under torchrun, processes agree on a stop every this many steps (and at epoch ends)
@@ -218,8 +218,7 @@ def _train_epoch(epoch: int, state: "TrainingState", data: "TrainingData", stop:
     step.step_index.fill_(state.step_in_epoch)
     step.steps_done = (epoch - 1) * data.steps_per_epoch + state.step_in_epoch
     if state.parts.ema is not None:
-        ema_copies_generator = epoch <= config.train.ema_start_epoch
-        step.ema_weight.fill_(1.0 if ema_copies_generator else 1.0 - config.train.ema_decay)
+        step.ema_weight.fill_(1.0 - ema_decay(config, epoch, data.steps_per_epoch))
     runner.set_learning_rates(*learning_rates(config, epoch))
     total = data.steps_per_epoch
     bar = tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {epoch}/{config.train.epochs}", leave=False,
@@ -476,8 +475,10 @@ class RunOutputs:
         if self.tensorboard:
             for row in rows:
                 self.tensorboard.scalars("train", dict(zip(STAT_COLUMNS, map(float, row[2:]))), row[0])
-            self.tensorboard.scalars("train", {"images_per_second": images_per_second, "generator_lr": g_lr,
-                                               "discriminator_lr": d_lr}, step)
+            scalars = {"images_per_second": images_per_second, "generator_lr": g_lr, "discriminator_lr": d_lr}
+            if self.has_ema:
+                scalars["ema_decay"] = ema_decay(self.config, epoch, self.steps_per_epoch)
+            self.tensorboard.scalars("train", scalars, step)
         means = epoch_stats.mean(0).tolist()
         rates = ""
         if self.config.optim.lr_decay_epochs:  # the epoch's learning rates, where they change
