@@ -26,7 +26,7 @@ import mnistgan
 from mnistgan import step as step_module
 from mnistgan import training
 from mnistgan.checkpoint import save_generator
-from mnistgan.config import parse_overrides
+from mnistgan.config import load_preset, parse_overrides
 from mnistgan.devices import describe_cpu
 
 
@@ -51,6 +51,8 @@ def main() -> int:
     overrides = parse_overrides(args.overrides)
     if args.threads:
         overrides["performance.threads"] = args.threads
+    if not load_preset(args.preset).replace(overrides).train.ema_decay:
+        raise SystemExit(f"{args.preset} keeps no EMA of G to compare with: add --set train.ema_decay=0.999")
 
     with ExtraEMAs(schedules, set(args.snapshots), args.out / "snapshots"):
         run = mnistgan.train(args.preset, epochs=args.epochs, seed=args.seed, out=args.out / "run", overrides=overrides,
@@ -82,6 +84,7 @@ class ExtraEMAs:
     def __init__(self, schedules: dict[str, tuple[float, float]], snapshots: set[int], folder: Path):
         self.schedules, self.snapshots, self.folder = schedules, snapshots, folder
         self.copies: dict[str, torch.nn.Module] = {}
+        self.parameters: dict[str, list[torch.Tensor]] = {}
         self.configs: dict = {}
         self.steps_per_epoch = 0
 
@@ -94,18 +97,17 @@ class ExtraEMAs:
             if not extras.copies:  # each copy starts where the run's EMA does: G's first weights
                 for name, (decay, rampup) in extras.schedules.items():
                     extras.copies[name] = copy.deepcopy(step.ema)
+                    extras.parameters[name] = list(extras.copies[name].parameters())
                     extras.configs[name] = step.config.replace({"train.ema_decay": decay, "train.ema_rampup": rampup})
             update_ema(step)
             epoch = step.steps_done // extras.steps_per_epoch + 1
             for name, network in extras.copies.items():
                 weight = 1.0 - step_module.ema_decay(extras.configs[name], epoch, extras.steps_per_epoch)
-                torch._foreach_lerp_(list(network.parameters()), step.g_parameters, weight)
+                torch._foreach_lerp_(extras.parameters[name], step.g_parameters, weight)
                 for mine, g in zip(network.buffers(), step.g_buffers):
                     mine.copy_(g)
 
         def init(outputs, config, paths, parts, device, steps_per_epoch):
-            if parts.ema is None:
-                raise SystemExit("this run keeps no EMA of G to compare with: set train.ema_decay")
             extras.steps_per_epoch = steps_per_epoch
             outputs_init(outputs, config, paths, parts, device, steps_per_epoch)
 
