@@ -31,9 +31,10 @@ CASES = {
 STEPS = 6
 
 
-def run_fast(config, device, images, labels, order, noise_bank, steps, precision="fp32", new_rates=None):
-    """mnistgan's step for ``steps`` steps; returns the (steps, 4) statistics. ``new_rates``: (after how
-    many steps, (G's, D's learning rate)), set as the training loop sets them at an epoch's start."""
+def run_fast_parts(config, device, images, labels, order, noise_bank, steps, precision="fp32", change=None):
+    """mnistgan's step for ``steps`` steps; returns the training parts. ``change``: (after how many steps,
+    a function of the parts), applied between steps as the training loop applies its per-epoch settings
+    (learning rates, the EMA's weight) at an epoch's start."""
     steps_per_epoch = images.shape[0] // (config.train.batch_size * real_batches_per_step(config))
     parts = build_training(config, device, images.to(device), labels.to(device), config.train.batch_size,
                            steps_per_epoch, precision)
@@ -49,9 +50,15 @@ def run_fast(config, device, images, labels, order, noise_bank, steps, precision
     parts.step._noise = noise
     done = 0
     while done < steps:
-        if new_rates and done == new_rates[0]:
-            parts.runner.set_learning_rates(*new_rates[1])
+        if change and done == change[0]:
+            change[1](parts)
         done += parts.runner.run(steps - done)
+    return parts
+
+
+def run_fast(config, device, images, labels, order, noise_bank, steps, precision="fp32", change=None):
+    """The (steps, 4) statistics of ``run_fast_parts``."""
+    parts = run_fast_parts(config, device, images, labels, order, noise_bank, steps, precision, change)
     return parts.step.stats[:steps].cpu()
 
 
@@ -62,14 +69,14 @@ def same_inputs(config, count, steps):
     return split.images[:count], split.labels[:count], epoch_order(0, 1, count), noise_bank
 
 
-def eager_and_graphed_on_cuda(config, count, steps, new_rates=None):
+def eager_and_graphed_on_cuda(config, count, steps, change=None):
     """The inputs of ``steps`` steps, and their statistics on CUDA eager and in CUDA graphs, both in true fp32."""
     inputs = same_inputs(config, count, steps)
     torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 on both sides (training itself would use TF32)
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda")
-    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, *inputs, steps, new_rates=new_rates)
-    graphed = run_fast(config, device, *inputs, steps, new_rates=new_rates)
+    eager = run_fast(config.replace({"performance.cuda_graphs": False}), device, *inputs, steps, change=change)
+    graphed = run_fast(config, device, *inputs, steps, change=change)
     return inputs, eager, graphed
 
 
@@ -134,9 +141,31 @@ def test_learning_rates_changed_between_graph_replays_reach_the_graphed_steps():
     # old ones would be far outside the tolerance (the losses move by up to 1.2 in these steps, eager on the CPU).
     config = load_preset("mlp-gan").replace({**CASES["mlp-gan"], "performance.device": "cuda"})
     steps = 3 + 3 * config.performance.steps_per_graph + 2
-    new_rates = (3 + config.performance.steps_per_graph, (2e-3, 2e-3))
-    _, eager, graphed = eager_and_graphed_on_cuda(config, 4096, steps, new_rates)
+    change = (3 + config.performance.steps_per_graph, lambda parts: parts.runner.set_learning_rates(2e-3, 2e-3))
+    _, eager, graphed = eager_and_graphed_on_cuda(config, 4096, steps, change)
     torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_ema_weight_changed_between_graph_replays_reaches_the_graphed_ema():
+    # train.ema_rampup changes the EMA's decay at epoch starts by filling a device tensor in place, which
+    # the captured graphs read, so they are not captured again. The EMA copies G (weight 1) until the
+    # change, then averages with weight 0.25: graphs that kept the old weight would leave it equal to G.
+    config = load_preset("mlp-gan").replace({**CASES["mlp-gan"], "performance.device": "cuda", "train.ema_decay": 0.75,
+                                             "optim.generator_lr": 2e-3, "optim.discriminator_lr": 2e-3})
+    steps = 3 + 3 * config.performance.steps_per_graph + 2
+    change = (3 + config.performance.steps_per_graph, lambda parts: parts.step.ema_weight.fill_(0.25))
+    inputs = same_inputs(config, 4096, steps)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device("cuda")
+    eager = run_fast_parts(config.replace({"performance.cuda_graphs": False}), device, *inputs, steps, change=change)
+    graphed = run_fast_parts(config, device, *inputs, steps, change=change)
+    for mine, reference in zip(graphed.ema.parameters(), eager.ema.parameters()):
+        torch.testing.assert_close(mine, reference, rtol=1e-3, atol=1e-4)
+    lag = max((e - g).abs().max().item() for e, g in zip(graphed.ema.parameters(), graphed.generator.parameters()))
+    assert lag > 1e-3, f"the EMA is within {lag:.1e} of G: the comparison above could not tell the weights apart"
 
 
 @pytest.mark.cuda
