@@ -85,6 +85,7 @@ class ExtraEMAs:
         self.schedules, self.snapshots, self.folder = schedules, snapshots, folder
         self.copies: dict[str, torch.nn.Module] = {}
         self.parameters: dict[str, list[torch.Tensor]] = {}
+        self.buffers: dict[str, list[torch.Tensor]] = {}
         self.configs: dict = {}
         self.steps_per_epoch = 0
 
@@ -98,14 +99,14 @@ class ExtraEMAs:
                 for name, (decay, rampup) in extras.schedules.items():
                     extras.copies[name] = copy.deepcopy(step.ema)
                     extras.parameters[name] = list(extras.copies[name].parameters())
+                    extras.buffers[name] = list(extras.copies[name].buffers())
                     extras.configs[name] = step.config.replace({"train.ema_decay": decay, "train.ema_rampup": rampup})
             update_ema(step)
             epoch = step.steps_done // extras.steps_per_epoch + 1
-            for name, network in extras.copies.items():
+            for name in extras.copies:
                 weight = 1.0 - step_module.ema_decay(extras.configs[name], epoch, extras.steps_per_epoch)
-                torch._foreach_lerp_(extras.parameters[name], step.g_parameters, weight)
-                for mine, g in zip(network.buffers(), step.g_buffers):
-                    mine.copy_(g)
+                step_module.move_average(extras.parameters[name], extras.buffers[name], step.g_parameters,
+                                         step.g_buffers, weight)
 
         def init(outputs, config, paths, parts, device, steps_per_epoch):
             extras.steps_per_epoch = steps_per_epoch

@@ -71,6 +71,16 @@ def ema_decay(config: Config, epoch: int, steps_per_epoch: int) -> float:
     return min(train.ema_decay, 0.5 ** (1 / half_life_steps))
 
 
+@torch.no_grad()
+def move_average(parameters: list, buffers: list, g_parameters: list, g_buffers: list, weight) -> None:
+    """An EMA step of G: parameters += weight * (g - parameters) in one pass over the weights (``weight``
+    a number, or one tensor per parameter), and G's buffers copied. G's parameters are read as they
+    are: no_grad."""
+    torch._foreach_lerp_(parameters, g_parameters, weight)
+    if buffers:
+        torch._foreach_copy_(buffers, g_buffers)
+
+
 class TrainingStep:
     """One training step (D update(s), then the G update) on the device, with no host synchronisation.
 
@@ -245,13 +255,9 @@ class TrainingStep:
         return torch.stack([d_loss.detach(), g_loss.detach(),
                             losses.score_summary(self.loss_kind, real_scores), losses.score_summary(self.loss_kind, fake_scores)])
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        # ema += (1 - decay) * (g - ema) in one pass over the weights, with the weight a device
-        # tensor so graphs see its current value. G's parameters are read as they are: no_grad.
-        torch._foreach_lerp_(self.ema_parameters, self.g_parameters, self.ema_weights)
-        if self.ema_buffers:
-            torch._foreach_copy_(self.ema_buffers, self.g_buffers)
+        # The weight is a device tensor, so that graphs see its current value.
+        move_average(self.ema_parameters, self.ema_buffers, self.g_parameters, self.g_buffers, self.ema_weights)
 
 
 class StepRunner:
