@@ -111,6 +111,27 @@ def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, tmp_path
     assert devices.resolve_precision(load_preset("mlp-gan").replace({"performance.precision": "bf16"}), CUDA) == "bf16"
 
 
+def test_auto_precision_is_full_fp32_for_the_relativistic_loss(monkeypatch, no_real_probe_and_no_user_cache):
+    # Its logits drift, and bf16 or TF32 then round away the differences it learns from: fp32 on
+    # every device, without a probe, even on a CPU whose bf16 would measure faster.
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+
+    def bf16_faster(config, precisions):
+        return rounds(20.0, 10.0)
+
+    for preset in ("r3gan", "stacked-r3gan"):
+        config = load_preset(preset)
+        assert devices.needs_full_fp32(config)
+        for device in (CPU, CUDA):
+            precision, reason = devices.choose_precision(config, device, timer=bf16_faster)
+            assert precision == "fp32" and "relativistic" in reason, reason
+        forced = config.replace({"performance.precision": "bf16"})
+        assert devices.choose_precision(forced, CUDA) == ("bf16", "set by performance.precision")
+    for preset in ("tf-dcgan-tutorial", "recommended", "mlp-gan"):
+        assert not devices.needs_full_fp32(load_preset(preset))
+    assert devices.resolve_precision(load_preset("tf-dcgan-tutorial").replace({"loss.adversarial": "relativistic"}), CUDA) == "fp32"
+
+
 # -- backend flags -------------------------------------------------------------------------------
 
 
@@ -134,6 +155,8 @@ def test_cuda_training_autotunes_convolutions_and_uses_tf32_only_in_fp32(backend
     assert backend_flags() == (True, True, True)
     devices.configure_backends(CUDA, "bf16")
     assert backend_flags() == (True, False, False)  # bf16 asked for: no silent TF32 on the fp32 parts
+    devices.configure_backends(CUDA, "fp32", tf32=False)
+    assert backend_flags() == (True, False, False)  # full fp32 (devices.needs_full_fp32)
 
 
 def test_cpu_training_leaves_the_cuda_flags_alone(backend_flags):

@@ -198,7 +198,8 @@ def choose_precision(config: Config, device: torch.device,
                      cache_path: Path | None = None) -> tuple[str, str]:
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
-    A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" on CUDA: bf16 for the conv
+    A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic loss:
+    fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16 for the conv
     nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too small for bf16 to
     pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16 is far slower; no
     probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
@@ -210,6 +211,8 @@ def choose_precision(config: Config, device: torch.device,
     precision = config.performance.precision
     if precision != "auto":
         return precision, "set by performance.precision"
+    if needs_full_fp32(config):
+        return "fp32", "auto for the relativistic loss: full fp32, no TF32, as its logits drift"
     if device.type == "cuda":
         if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
@@ -246,15 +249,28 @@ def choose_precision(config: Config, device: torch.device,
     return choice, reason
 
 
+def needs_full_fp32(config: Config) -> bool:
+    """Whether this run must compute in full fp32, neither bf16 nor TF32: the relativistic loss.
+
+    Its D loss sees only differences of D's logits, so nothing holds their common level, and it
+    drifts. Once the level is large, a bf16 logit (an 8-bit significand) or a TF32 product (11 bits)
+    rounds away the small real-fake differences that both networks learn from: an r3gan run on a GPU
+    in bf16 drifted that far and fell apart (docs/quality.md, "r3gan on a GPU in bf16").
+    """
+    return config.loss.adversarial == "relativistic"
+
+
 def resolve_precision(config: Config, device: torch.device) -> str:
     """'auto': bf16 autocast (fp32 master weights) where it is measured faster, else fp32
     (``choose_precision``, which also says why)."""
     return choose_precision(config, device)[0]
 
 
-def configure_backends(device: torch.device, precision: str) -> None:
-    """Process-wide CUDA settings for training: autotuned convolutions, TF32 when precision is fp32."""
+def configure_backends(device: torch.device, precision: str, tf32: bool = True) -> None:
+    """Process-wide CUDA settings for training: autotuned convolutions, TF32 when precision is fp32
+    and ``tf32`` allows it (not where ``needs_full_fp32``)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # conv algorithms chosen during the eager warm-up
-        torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"  # fp32 keeps 10-bit-mantissa matmuls: TF32
-        torch.backends.cudnn.allow_tf32 = precision == "fp32"
+        allow_tf32 = precision == "fp32" and tf32  # TF32: fp32 matmuls with 10-bit-mantissa inputs
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
