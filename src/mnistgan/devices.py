@@ -210,6 +210,9 @@ def choose_precision(config: Config, device: torch.device,
     """
     precision = config.performance.precision
     if precision != "auto":
+        if precision == "bf16" and needs_full_fp32(config):
+            return precision, ("set by performance.precision, though the relativistic loss's logits drift "
+                               "and bf16 can round away their differences")
         return precision, "set by performance.precision"
     if needs_full_fp32(config):
         return "fp32", "auto for the relativistic loss: full fp32, no TF32, as its logits drift"
