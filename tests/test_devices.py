@@ -111,7 +111,7 @@ def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, tmp_path
     assert devices.resolve_precision(load_preset("mlp-gan").replace({"performance.precision": "bf16"}), CUDA) == "bf16"
 
 
-def test_auto_precision_is_full_fp32_for_the_relativistic_loss(monkeypatch, no_real_probe_and_no_user_cache):
+def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(monkeypatch, no_real_probe_and_no_user_cache):
     # Its logits drift, and bf16 or TF32 then round away the differences it learns from: fp32 on
     # every device, without a probe, even on a CPU whose bf16 would measure faster.
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
@@ -130,8 +130,12 @@ def test_auto_precision_is_full_fp32_for_the_relativistic_loss(monkeypatch, no_r
         assert precision == "bf16" and reason.startswith("set by performance.precision") and "drift" in reason  # kept; a caution
     for preset in ("tf-dcgan-tutorial", "recommended", "mlp-gan"):
         assert not devices.needs_full_fp32(load_preset(preset))
-    relativistic_dcgan = load_preset("tf-dcgan-tutorial").replace({"loss.adversarial": "relativistic"})
-    assert devices.resolve_precision(relativistic_dcgan, CUDA) == "fp32"
+    # WGAN-GP's critic loss is blind to the level too; the losses that pin it through a sigmoid or a margin are not.
+    for loss, full in (("relativistic", True), ("wasserstein-gp", True), ("non-saturating", False), ("hinge", False),
+                       ("least-squares", False), ("minimax", False)):
+        dcgan = load_preset("tf-dcgan-tutorial").replace({"loss.adversarial": loss})
+        assert devices.needs_full_fp32(dcgan) == full, loss
+        assert devices.resolve_precision(dcgan, CUDA) == ("fp32" if full else "bf16"), loss
 
 
 # -- backend flags -------------------------------------------------------------------------------

@@ -198,8 +198,8 @@ def choose_precision(config: Config, device: torch.device,
                      cache_path: Path | None = None) -> tuple[str, str]:
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
-    A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic loss:
-    fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16 for the conv
+    A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
+    wasserstein-gp losses: fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16 for the conv
     nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too small for bf16 to
     pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16 is far slower; no
     probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
@@ -211,11 +211,11 @@ def choose_precision(config: Config, device: torch.device,
     precision = config.performance.precision
     if precision != "auto":
         if precision == "bf16" and needs_full_fp32(config):
-            return precision, ("set by performance.precision, though the relativistic loss's logits drift "
-                               "and bf16 can round away their differences")
+            return precision, (f"set by performance.precision, though the {config.loss.adversarial} loss's logits "
+                               "drift and bf16 can round away their differences")
         return precision, "set by performance.precision"
     if needs_full_fp32(config):
-        return "fp32", "auto for the relativistic loss: full fp32, no TF32, as its logits drift"
+        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift"
     if device.type == "cuda":
         if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
@@ -253,14 +253,16 @@ def choose_precision(config: Config, device: torch.device,
 
 
 def needs_full_fp32(config: Config) -> bool:
-    """Whether this run must compute in full fp32, neither bf16 nor TF32: the relativistic loss.
+    """Whether this run must compute in full fp32, neither bf16 nor TF32: the losses blind to the
+    common level of D's logits, relativistic and wasserstein-gp.
 
-    Its D loss sees only differences of D's logits, so nothing holds their common level, and it
-    drifts. Once the level is large, a bf16 logit (an 8-bit significand) or a TF32 product (11 bits)
-    rounds away the small real-fake differences that both networks learn from: an r3gan run on a GPU
-    in bf16 drifted that far and fell apart (docs/quality.md, "r3gan on a GPU in bf16").
+    Their D loss sees only differences of D's logits (and the penalties only gradients), so nothing
+    holds the logits' common level, and it drifts. Once the level is large, a bf16 logit (an 8-bit
+    significand) or a TF32 product (11 bits) rounds away the small real-fake differences that both
+    networks learn from: an r3gan run on a GPU in bf16 drifted that far and fell apart
+    (docs/quality.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
     """
-    return config.loss.adversarial == "relativistic"
+    return config.loss.adversarial in ("relativistic", "wasserstein-gp")
 
 
 def resolve_precision(config: Config, device: torch.device) -> str:
