@@ -792,3 +792,19 @@ def test_resnet_networks_with_the_relativistic_loss_train_and_resume_exactly(tmp
     mnistgan.train("mlp-gan", overrides={**settings, "train.epochs": 1}, out=tmp_path / "resumed")
     mnistgan.train(resume=tmp_path / "resumed", epochs=2)
     assert_bitwise_equal(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"))
+
+
+def test_a_resumed_run_keeps_its_precision_and_a_bf16_run_of_a_level_blind_loss_is_cautioned():
+    cpu = torch.device("cpu")
+    r3gan = load_preset("r3gan")
+    assert train_module._precision_trained_in(r3gan, cpu, {"precision": "fp32", "device_type": "cpu"}) == \
+        ("fp32", "as this run trained so far")
+    precision, reason = train_module._precision_trained_in(r3gan, cpu, {"precision": "bf16", "device_type": "cpu"})
+    assert precision == "bf16" and reason.startswith("as this run trained so far, though the relativistic loss")
+    dcgan = load_preset("tf-dcgan-tutorial")
+    assert train_module._precision_trained_in(dcgan, cpu, {"precision": "bf16", "device_type": "cpu"}) == \
+        ("bf16", "as this run trained so far")
+    # Another kind of device, or a precision set by the config: chosen afresh.
+    assert train_module._precision_trained_in(r3gan, cpu, {"precision": "bf16", "device_type": "cuda"}) is None
+    assert train_module._precision_trained_in(r3gan.replace({"performance.precision": "fp32"}), cpu,
+                                              {"precision": "bf16", "device_type": "cpu"}) is None

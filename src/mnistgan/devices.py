@@ -210,10 +210,7 @@ def choose_precision(config: Config, device: torch.device,
     """
     precision = config.performance.precision
     if precision != "auto":
-        if precision == "bf16" and needs_full_fp32(config):
-            return precision, (f"set by performance.precision, though the {config.loss.adversarial} loss's logits "
-                               "drift and bf16 can round away their differences")
-        return precision, "set by performance.precision"
+        return precision, "set by performance.precision" + bf16_caution(config, precision)
     if needs_full_fp32(config):
         return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift"
     if device.type == "cuda":
@@ -263,6 +260,13 @@ def needs_full_fp32(config: Config) -> bool:
     (docs/quality.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
     """
     return config.loss.adversarial in ("relativistic", "wasserstein-gp")
+
+
+def bf16_caution(config: Config, precision: str) -> str:
+    """What to add to the reason for ``precision`` where bf16 meets a loss that ``needs_full_fp32``, else ''."""
+    if precision == "bf16" and needs_full_fp32(config):
+        return f", though the {config.loss.adversarial} loss's logits drift and bf16 can round away their differences"
+    return ""
 
 
 def resolve_precision(config: Config, device: torch.device) -> str:

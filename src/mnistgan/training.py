@@ -23,7 +23,7 @@ from . import losses
 from .checkpoint import NonFiniteError, load_checkpoint, load_weights, save_checkpoint, save_generator
 from .config import Config, resumable, stored_config_from_dict
 from .datasets import Dataset, load_dataset
-from .devices import choose_precision, configure_backends, needs_full_fp32, resolve_device
+from .devices import bf16_caution, choose_precision, configure_backends, needs_full_fp32, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
 from .metrics.evaluator import load_evaluator
@@ -94,7 +94,7 @@ def _precision_trained_in(config: Config, device: torch.device, state: dict | No
     if state is None or config.performance.precision != "auto":
         return None
     if state.get("precision") and state.get("device_type") == device.type:
-        return state["precision"], "as this run trained so far"
+        return state["precision"], "as this run trained so far" + bf16_caution(config, state["precision"])
     return None
 
 
