@@ -199,9 +199,9 @@ def choose_precision(config: Config, device: torch.device,
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
-    wasserstein-gp losses: fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16 for the conv
-    nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too small for bf16 to
-    pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16 is far slower; no
+    wasserstein-gp losses: fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16
+    for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too
+    small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16 is far slower; no
     probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
     ``BF16_MARGIN`` faster), cached in ``cache_path`` (default ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
