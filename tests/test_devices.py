@@ -112,8 +112,8 @@ def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, tmp_path
 
 
 def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(monkeypatch, no_real_probe_and_no_user_cache):
-    # Its logits drift, and bf16 or TF32 then round away the differences it learns from: fp32 on
-    # every device, without a probe, even on a CPU whose bf16 would measure faster.
+    # The relativistic loss's logits drift, and bf16 or TF32 then round away the differences it learns
+    # from: fp32 on every device, without a probe, even on a CPU whose bf16 would measure faster.
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
 
     def bf16_faster(config, precisions):
