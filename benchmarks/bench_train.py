@@ -40,8 +40,7 @@ from naive import NaiveLoop, unsupported  # noqa: E402
 
 from mnistgan.config import load_preset, parse_overrides, preset_names  # noqa: E402
 from mnistgan.data import load_mnist  # noqa: E402
-from mnistgan.devices import (choose_precision, configure_backends, cpu_description, describe_cpu,  # noqa: E402
-                              needs_full_fp32, resolve_device)
+from mnistgan.devices import choose_precision, configure_backends, cpu_description, describe_cpu, resolve_device  # noqa: E402
 from mnistgan.step import build_training, epoch_order, real_batches_per_step  # noqa: E402
 
 TRAINING_IMAGES = 60_000
@@ -86,7 +85,7 @@ def build_stepper(preset: str, overrides: list[str] | None, device: torch.device
         return (lambda count: [loop.step() for _ in range(count)]), config, ("fp32", "the naive loop")  # noqa: E731
     images, labels = split.images.to(device), split.labels.to(device)
     precision, reason = choose_precision(config, device)  # as training does: "auto" may probe (or read its cache)
-    configure_backends(device, precision, tf32=not needs_full_fp32(config))  # as training does
+    configure_backends(config, device, precision)  # as training does
     parts = build_training(config, device, images, labels, batch, steps_per_epoch, precision)
     parts.step.order.copy_(epoch_order(0, 1, TRAINING_IMAGES)[: parts.step.order.numel()])
     position = 0  # step within the epoch, tracked on the host as training does

@@ -157,11 +157,12 @@ def backend_flags():
 
 
 def test_cuda_training_autotunes_convolutions_and_uses_tf32_only_in_fp32(backend_flags):
-    devices.configure_backends(CUDA, "fp32")
+    dcgan = load_preset("tf-dcgan-tutorial")
+    devices.configure_backends(dcgan, CUDA, "fp32")
     assert backend_flags() == (True, True, True)
-    devices.configure_backends(CUDA, "bf16")
+    devices.configure_backends(dcgan, CUDA, "bf16")
     assert backend_flags() == (True, False, False)  # bf16 asked for: no silent TF32 on the fp32 parts
-    devices.configure_backends(CUDA, "fp32", tf32=False)
+    devices.configure_backends(load_preset("r3gan"), CUDA, "fp32")
     assert backend_flags() == (True, False, False)  # full fp32 (devices.needs_full_fp32)
 
 
@@ -170,5 +171,5 @@ def test_cpu_training_leaves_the_cuda_flags_alone(backend_flags):
         setattr(module, name, value)
     before = backend_flags()
     for precision in ("fp32", "bf16"):
-        devices.configure_backends(CPU, precision)
+        devices.configure_backends(load_preset("tf-dcgan-tutorial"), CPU, precision)
         assert backend_flags() == before

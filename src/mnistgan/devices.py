@@ -201,8 +201,8 @@ def choose_precision(config: Config, device: torch.device,
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
     wasserstein-gp losses: fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16
     for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too
-    small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16 is far slower; no
-    probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
+    small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16
+    is far slower; no probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
     ``BF16_MARGIN`` faster), cached in ``cache_path`` (default ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
     paired by position (default ``measure_step_seconds``); the choice is cached only when at least
@@ -275,11 +275,11 @@ def resolve_precision(config: Config, device: torch.device) -> str:
     return choose_precision(config, device)[0]
 
 
-def configure_backends(device: torch.device, precision: str, tf32: bool = True) -> None:
-    """Process-wide CUDA settings for training: autotuned convolutions, TF32 when precision is fp32
-    and ``tf32`` allows it (not where ``needs_full_fp32``)."""
+def configure_backends(config: Config, device: torch.device, precision: str) -> None:
+    """Process-wide CUDA settings for training ``config``: autotuned convolutions, TF32 when precision
+    is fp32, unless the run ``needs_full_fp32``."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # conv algorithms chosen during the eager warm-up
-        allow_tf32 = precision == "fp32" and tf32  # TF32: fp32 matmuls with 10-bit-mantissa inputs
+        allow_tf32 = precision == "fp32" and not needs_full_fp32(config)  # TF32: 10-bit-mantissa matmul inputs
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         torch.backends.cudnn.allow_tf32 = allow_tf32

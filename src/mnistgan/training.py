@@ -23,7 +23,7 @@ from . import losses
 from .checkpoint import NonFiniteError, load_checkpoint, load_weights, save_checkpoint, save_generator
 from .config import Config, resumable, stored_config_from_dict
 from .datasets import Dataset, load_dataset
-from .devices import bf16_caution, choose_precision, configure_backends, needs_full_fp32, resolve_device
+from .devices import bf16_caution, choose_precision, configure_backends, resolve_device
 from .distributed import Distributed
 from .errors import UserError, option
 from .metrics.evaluator import load_evaluator
@@ -75,7 +75,7 @@ def train(config: Config, run_dir: Path, *, data_dir=None, resume: bool = False,
     if distributed.is_main:
         choice = _precision_trained_in(config, device, checkpoint) or choose_precision(config, device)
     precision, precision_reason = distributed.broadcast_object(choice if distributed.is_main else None)
-    configure_backends(device, precision, tf32=not needs_full_fp32(config))
+    configure_backends(config, device, precision)
     stop = StopControl(distributed, device, log)
     try:
         _train(config, paths, device, precision, precision_reason, distributed, stop, data_dir, checkpoint,
