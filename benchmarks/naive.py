@@ -20,12 +20,13 @@ from mnistgan.sampling import sample_latent
 
 def unsupported(config: Config) -> str | None:
     """Why the naive loop cannot reproduce ``config``'s training (None: it can). It implements the
-    reference presets' math on MNIST: no R2 penalty, R1 at intervals, relativistic loss, packed D, second G
-    update or other dataset."""
+    reference presets' math on MNIST: no R2 or drift penalty, R1 at intervals, relativistic loss, packed D,
+    second G update or other dataset."""
     loss, model = config.loss, config.model
     reasons = [why for why, present in (("the R2 penalty", loss.r2_gamma > 0),
                                         ("the relativistic loss", loss.adversarial == "relativistic"),
                                         ("penalties at intervals", loss.penalty_interval > 1),
+                                        ("the drift penalty", loss.drift_penalty > 0),
                                         ("a packed discriminator", model.pack > 1),
                                         ("several G updates a step", config.train.g_steps > 1),
                                         (f"the {config.data.dataset} dataset", config.data.dataset != "mnist")) if present]

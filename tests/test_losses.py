@@ -108,6 +108,16 @@ def test_breakdown_names_exploded_losses_and_a_saturated_d():
     assert losses.breakdown("minimax", 0.02, -0.001, 0.995, 0.01) is None  # close to, not past, the line
 
 
+def test_drift_penalty_by_hand_is_the_one_term_that_sees_the_scores_level():
+    assert losses.drift_penalty(REAL).item() == pytest.approx((4.0 + 1.0 + 0.25) / 3, rel=1e-6)
+    shifted_real, shifted_fake = REAL + 10.0, FAKE + 10.0
+    # A constant added to every score changes neither the relativistic loss nor WGAN's: only this term.
+    for kind in ("relativistic", "wasserstein-gp"):
+        assert losses.discriminator_loss(kind, shifted_real, shifted_fake).item() == pytest.approx(
+            losses.discriminator_loss(kind, REAL, FAKE).item(), rel=1e-6)
+    assert losses.drift_penalty(shifted_real).item() > losses.drift_penalty(REAL).item() + 50
+
+
 def test_relativistic_losses_by_hand():
     real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
     d_expected = mean([softplus(f - r) for r, f in zip(real.tolist(), fake.tolist())])  # -log sigmoid(D(x) - D(G(z)))

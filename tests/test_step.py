@@ -1,5 +1,6 @@
 """One training step (step.py), checked against the same arithmetic done by hand: the EMA update,
-R1 and the wasserstein-gp gradient penalty inside D's update, and which labels go with which images."""
+R1, the drift penalty and the wasserstein-gp gradient penalty inside D's update, and which labels go
+with which images."""
 
 import copy
 
@@ -214,6 +215,25 @@ def test_r1_at_intervals_comes_every_nth_d_update_weighted_by_n():
         with_r1 = expected_update(before, adversarial + 0.5 * interval * gamma * r1)
         without = expected_update(before, losses.discriminator_loss("non-saturating", before(real), before(fake)))
         assert_moved_to(parts.discriminator, *((with_r1, without) if penalised else (without, with_r1)))
+
+
+def test_the_drift_penalty_is_in_ds_update_with_weight_epsilon_on_real_scores():
+    epsilon = 0.5
+    config = sgd_config(**{"loss.adversarial": "relativistic", "loss.drift_penalty": epsilon})
+    images, labels = random_images(2 * BATCH)  # G's update pairs its fakes with a second real batch
+    parts = one_step_parts(config, images, labels)
+    before = copy.deepcopy(parts.discriminator)
+    calls = record_calls(parts.discriminator)
+
+    parts.runner.run(1)
+
+    joint, _ = calls[0]
+    real, fake = joint[:BATCH], joint[BATCH:]
+    real_scores, fake_scores = before(real), before(fake)
+    adversarial = losses.discriminator_loss("relativistic", real_scores, fake_scores)
+    expected = expected_update(before, adversarial + epsilon * real_scores.pow(2).mean())
+    without = expected_update(before, losses.discriminator_loss("relativistic", before(real), before(fake)))
+    assert_moved_to(parts.discriminator, expected, without)
 
 
 def test_a_packed_d_scores_real_packs_and_fake_packs_apart_in_its_update():

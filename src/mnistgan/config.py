@@ -129,6 +129,7 @@ class LossConfig:
     # by n so that their average pull is the same; 1 = every update, as R3GAN applies them
     penalty_interval: int = field(default=1, metadata=_range(1, 64))
     gp_lambda: float = field(default=10.0, metadata=_range(0.0))  # wasserstein-gp gradient penalty weight
+    drift_penalty: float = field(default=0.0, metadata=_range(0.0))  # epsilon * E[D(x)^2], every D update; 0 = off
 
 
 @dataclass

@@ -65,6 +65,16 @@ def r2_penalty(fake_scores: torch.Tensor, fake_images: torch.Tensor) -> torch.Te
     return _squared_input_gradient(fake_scores, fake_images)
 
 
+def drift_penalty(real_scores: torch.Tensor) -> torch.Tensor:
+    """E[D(x)^2] on real images (Karras et al. 2018, ProGAN's drift term); weight it by epsilon.
+
+    The relativistic and Wasserstein losses, R1 and R2 are all unchanged by a constant added to every
+    score, so nothing else holds the scores' common level; this pulls it back towards 0, where bf16
+    still resolves the small differences between scores that D learns from.
+    """
+    return real_scores.float().pow(2).mean()
+
+
 def _squared_input_gradient(scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     (gradient,) = torch.autograd.grad(scores.sum(), images, create_graph=True)
     return gradient.float().pow(2).flatten(1).sum(1).mean()

@@ -108,7 +108,8 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
         ("networks", f"{model.architecture}, G widths {model.generator_widths}, D widths {model.discriminator_widths}, "
                      f"{model.latent_dim}-d {model.latent_distribution} noise" + (", class-conditional" if model.conditional else "")),
         ("loss", loss.adversarial + "".join(f", {name} {value:g}" for name, value in (
-            ("label smoothing", loss.label_smoothing), ("R1 gamma", loss.r1_gamma), ("R2 gamma", loss.r2_gamma)) if value)
+            ("label smoothing", loss.label_smoothing), ("R1 gamma", loss.r1_gamma), ("R2 gamma", loss.r2_gamma),
+            ("drift penalty", loss.drift_penalty)) if value)
          + (f", gradient penalty {loss.gp_lambda:g}" if loss.adversarial == "wasserstein-gp" else "")),
         ("optimiser", f"{optim.optimizer}, lr G {optim.generator_lr:g} / D {optim.discriminator_lr:g}, batch {train.batch_size}"
                       + (f", {train.d_steps} D steps per G step" if train.d_steps > 1 else "")

@@ -173,7 +173,8 @@ class TrainingStep:
 
     def _discriminator_objective(self, real, real_labels, fake, fake_labels, penalised: bool):
         """D's full loss (adversarial + penalties) and the real/fake scores it was computed from;
-        R1 and R2 only where ``penalised``, then weighted by ``loss.penalty_interval``."""
+        R1 and R2 only where ``penalised``, then weighted by ``loss.penalty_interval``; the drift
+        penalty on every update."""
         loss_config = self.config.loss
         weight = loss_config.penalty_interval if penalised else 0.0
         r1_gamma, r2_gamma = weight * loss_config.r1_gamma, weight * loss_config.r2_gamma
@@ -187,6 +188,8 @@ class TrainingStep:
             loss = loss + 0.5 * r1_gamma * losses.r1_penalty(real_scores, real)
         if r2_gamma > 0:
             loss = loss + 0.5 * r2_gamma * losses.r2_penalty(fake_scores, fake)
+        if loss_config.drift_penalty > 0:
+            loss = loss + loss_config.drift_penalty * losses.drift_penalty(real_scores)
         if self.loss_kind == "wasserstein-gp" and loss_config.gp_lambda > 0:
             with self.autocast:
                 penalty = losses.gradient_penalty(self.discriminator_train, real.detach(), fake.detach(), real_labels)
