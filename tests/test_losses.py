@@ -108,6 +108,25 @@ def test_breakdown_names_exploded_losses_and_a_saturated_d():
     assert losses.breakdown("minimax", 0.02, -0.001, 0.995, 0.01) is None  # close to, not past, the line
 
 
+def test_breakdown_in_bf16_names_a_level_whose_spacing_swamps_the_real_fake_gap():
+    # The level of a run whose unbounded scores had drifted: bf16 spaces numbers near 27.7 0.125 apart.
+    drifted = ("relativistic", 0.69, 0.70, -27.7, -27.75)
+    assert "rounding noise" in losses.breakdown(*drifted, precision="bf16")
+    assert losses.breakdown(*drifted, precision="fp32") is None  # fp32 resolves 0.05 there with room to spare
+    assert losses.breakdown("relativistic", 0.5, 1.0, -7.5, -7.8, precision="bf16") is None  # 0.03 apart, gap 0.3
+    assert losses.breakdown("wasserstein-gp", -0.1, 0.1, 300.0, 297.5, precision="bf16") is None  # 2 apart, gap 2.5
+    assert "rounding noise" in losses.breakdown("wasserstein-gp", -0.1, 0.1, 300.0, 298.5, precision="bf16")
+    # Probabilities are bounded: the check is for raw scores only.
+    assert losses.breakdown("non-saturating", 1.38, 0.69, 0.5, 0.5, precision="bf16") is None
+
+
+@pytest.mark.parametrize("value", [0.3, 1.0, 1.5, 2.0, -7.66, 27.7, 300.0])
+def test_bf16_spacing_is_the_gap_to_the_next_bf16_number(value):
+    number = torch.tensor(abs(value), dtype=torch.bfloat16)
+    following = torch.nextafter(number, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    assert losses.bf16_spacing(value) == (following.float() - number.float()).item()
+
+
 def test_drift_penalty_by_hand_is_the_one_term_that_sees_the_scores_level():
     assert losses.drift_penalty(REAL).item() == pytest.approx((4.0 + 1.0 + 0.25) / 3, rel=1e-6)
     shifted_real, shifted_fake = REAL + 10.0, FAKE + 10.0

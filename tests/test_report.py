@@ -113,6 +113,24 @@ def test_text_from_the_run_is_escaped(run_dir, tmp_path):
     assert "No pictures yet" in page
 
 
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_a_forced_bf16_run_whose_scores_drifted_is_flagged(run_dir, tmp_path, precision):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    config = (run_dir / "config.toml").read_text()
+    config = re.sub(r'(?m)^adversarial = ".*"$', 'adversarial = "relativistic"', config)
+    config = re.sub(r'(?m)^precision = ".*"$', f'precision = "{precision}"', config)
+    (copy / "config.toml").write_text(config)
+    # Epoch 1 near 0; epoch 2 near -27.7, where bf16 numbers are 0.125 apart and the gap is 0.05.
+    (copy / "losses.csv").write_text("step,epoch,d_loss,g_loss,d_real,d_fake\n"
+                                     "10,1,0.6,0.8,0.3,-0.2\n20,2,0.69,0.70,-27.7,-27.75\n")
+    page = html.unescape(render_report(RunPaths(copy)))
+    if precision == "bf16":
+        assert "broke down at epoch 2: D's scores sit near -27.7" in page
+    else:  # under 'auto' the report cannot know the precision: these losses train in fp32 then
+        assert "broke down" not in page
+
+
 def test_the_report_command(run_dir, tmp_path, capsys):
     assert main(["report", "--run", str(run_dir), "--out", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out.strip()

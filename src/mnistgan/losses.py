@@ -6,6 +6,8 @@ Each loss is the quantity its network minimises, averaged over the batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -98,17 +100,32 @@ BREAKDOWN_LOSS = 1e4  # |loss| above this for a whole epoch: exploded (healthy l
 SATURATED = 0.999  # D(x) above this and D(G(z)) below 1 - this for a whole epoch: D wins outright
 
 
-def breakdown(kind: str, d_loss: float, g_loss: float, d_real: float, d_fake: float) -> str | None:
+def breakdown(kind: str, d_loss: float, g_loss: float, d_real: float, d_fake: float, precision: str = "fp32") -> str | None:
     """Why an epoch's mean statistics (as in losses.csv) show a GAN that has stopped learning, or None.
 
     Losses that explode stay finite long before they become NaN, and a D that rejects every fake with
-    certainty gives G no gradient: neither recovers on its own.
+    certainty gives G no gradient: neither recovers on its own. Unbounded scores trained in bf16 fail
+    a third way: where their common level has drifted far from 0, bf16's spacing there is as coarse as
+    the real-fake gap D learns from, and its updates follow rounding noise.
     """
     if max(abs(d_loss), abs(g_loss)) > BREAKDOWN_LOSS:
         return f"the losses exploded (d_loss {d_loss:.3g}, g_loss {g_loss:.3g})"
-    if kind in PROBABILISTIC_LOSSES and d_real > SATURATED and d_fake < 1 - SATURATED:
-        return f"D saturated for the whole epoch (D(x) {d_real:.3f}, D(G(z)) {d_fake:.3f}): G gets no gradient"
+    if kind in PROBABILISTIC_LOSSES:
+        if d_real > SATURATED and d_fake < 1 - SATURATED:
+            return f"D saturated for the whole epoch (D(x) {d_real:.3f}, D(G(z)) {d_fake:.3f}): G gets no gradient"
+    elif precision == "bf16":
+        level, gap = (d_real + d_fake) / 2, abs(d_real - d_fake)
+        if bf16_spacing(level) >= gap:
+            return (f"D's scores sit near {level:.3g}, where bf16 numbers are {bf16_spacing(level):.3g} apart, no finer "
+                    f"than the real-fake gap {gap:.3g}: D learns from rounding noise (train in fp32, or hold the level "
+                    "with loss.drift_penalty)")
     return None
+
+
+def bf16_spacing(value: float) -> float:
+    """The distance between neighbouring bf16 numbers at ``value`` (8 significant bits)."""
+    _, exponent = math.frexp(abs(value))  # |value| = m * 2**exponent, 0.5 <= m < 1
+    return 2.0 ** (exponent - 8) if value else 0.0
 
 
 def score_summary(kind: str, scores: torch.Tensor) -> torch.Tensor:

@@ -121,19 +121,20 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
         last = losses["epoch"] == epochs_done
         rows.append((f"epoch {epochs_done} means", "d_loss {:.4f}, g_loss {:.4f}, D(x) {:.3f}, D(G(z)) {:.3f}".format(
             *(losses[key][last].mean() for key in STAT_COLUMNS))))
-    broken = _first_breakdown(loss.adversarial, losses)
+    broken = _first_breakdown(loss.adversarial, losses, config.performance.precision)
     if broken:
         rows.append(("warning", f"training broke down at {broken}"))
     return rows
 
 
-def _first_breakdown(kind: str, losses: dict) -> str | None:
-    """The first epoch whose mean statistics in losses.csv show a broken GAN (``losses.breakdown``)."""
+def _first_breakdown(kind: str, losses: dict, precision: str) -> str | None:
+    """The first epoch whose mean statistics in losses.csv show a broken GAN (``losses.breakdown``).
+    The config names the precision only where it was forced; under 'auto' bf16's own check is skipped."""
     if not all(key in losses for key in ("epoch", *STAT_COLUMNS)):
         return None
     for epoch in np.unique(losses["epoch"]):
         rows = losses["epoch"] == epoch
-        reason = breakdown(kind, *(float(losses[key][rows].mean()) for key in STAT_COLUMNS))
+        reason = breakdown(kind, *(float(losses[key][rows].mean()) for key in STAT_COLUMNS), precision=precision)
         if reason:
             return f"epoch {int(epoch)}: {reason}"
     return None

@@ -150,7 +150,7 @@ def _train_epochs(state: "TrainingState", data: "TrainingData", outputs: "RunOut
                 if not torch.isfinite(epoch_stats).all():
                     raise UserError(diverged_message(epoch, paths))
                 state.completed_epochs, state.step_in_epoch = epoch, 0
-                broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist())
+                broken = losses.breakdown(config.loss.adversarial, *epoch_stats.mean(0).tolist(), precision=state.precision)
                 if broken and state.breakdown is None:
                     state.breakdown = f"epoch {epoch}: {broken}"
                 stopping = bool(broken) and schedule.stop_on_breakdown
