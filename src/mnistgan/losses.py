@@ -115,8 +115,9 @@ def breakdown(kind: str, d_loss: float, g_loss: float, d_real: float, d_fake: fl
             return f"D saturated for the whole epoch (D(x) {d_real:.3f}, D(G(z)) {d_fake:.3f}): G gets no gradient"
     elif precision == "bf16":
         level, gap = (d_real + d_fake) / 2, abs(d_real - d_fake)
-        if bf16_spacing(level) >= gap:
-            return (f"D's scores sit near {level:.3g}, where bf16 numbers are {bf16_spacing(level):.3g} apart, no finer "
+        spacing = bf16_spacing(level)
+        if spacing >= gap:
+            return (f"D's scores sit near {level:.3g}, where bf16 numbers are {spacing:.3g} apart, no finer "
                     f"than the real-fake gap {gap:.3g}: D learns from rounding noise (train in fp32, or hold the level "
                     "with loss.drift_penalty)")
     return None
