@@ -202,8 +202,9 @@ def choose_precision(config: Config, device: torch.device,
     wasserstein-gp losses: fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16
     for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too
     small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16
-    is far slower; no probe runs); with it, whichever a probe of this run's networks measures faster (bf16 only when
-    ``BF16_MARGIN`` faster), cached in ``cache_path`` (default ``precision_cache_path()``).
+    is far slower; no probe runs); with it, whichever a probe of this run's networks measures
+    faster (bf16 only when ``BF16_MARGIN`` faster), cached in ``cache_path`` (default
+    ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
     paired by position (default ``measure_step_seconds``); the choice is cached only when at least
     ``AGREEMENT`` of the rounds agree with it.
