@@ -83,25 +83,26 @@ def train_and_score(preset: str, seed: int, epochs: int, device, args) -> dict:
     """Train ``preset`` (or finish an interrupted run of it) for ``epochs`` passes and score 26,000 samples."""
     out = args.out / f"{preset}-{epochs}ep-seed{seed}"
     overrides = {"performance.threads": args.threads} if args.threads else {}
-    scores = finished_scores(out, epochs)  # a finished, scored run is read, not scored again
+    run = mnistgan.load(out) if (out / "config.toml").exists() else None
+    scores = finished_scores(run, epochs)  # a finished, scored run is read, not scored again
     if scores is None:
-        if (out / "config.toml").exists():
+        if run is not None:
             run = mnistgan.train(resume=out, epochs=epochs, progress=False)
         else:
             run = mnistgan.train(preset, epochs=epochs, seed=seed, device=str(device), out=out, overrides=overrides,
                                  progress=False)
-        scores = finished_scores(out, epochs) or run.evaluate(n=STACKED_SAMPLES, device=str(device))
+        scores = finished_scores(run, epochs) or run.evaluate(n=STACKED_SAMPLES, device=str(device))
     # Training's own clock: the steps only (not start-up or the final scoring of 26,000 samples),
     # and all of them when the run was resumed.
-    seconds = mnistgan.load(out).trained_seconds
+    seconds = run.trained_seconds
     return {"preset": preset, "seed": seed, "images": epochs * STACKED_TRAIN_IMAGES, "train_seconds": round(seconds, 1),
             "run": str(out), "modes_covered": scores["modes_covered"], "reverse_kl": scores["reverse_kl"],
             "channel_confidence": scores["channel_confidence"]}
 
 
-def finished_scores(out: Path, epochs: int) -> dict | None:
+def finished_scores(run: "mnistgan.Run | None", epochs: int) -> dict | None:
     """The scores training's final evaluation wrote (the stacked presets score 26,000 samples), if it did."""
-    result = mnistgan.load(out).metrics if (out / "metrics.json").is_file() else {}
+    result = run.metrics if run is not None and run.paths.metrics_json.is_file() else {}
     return result if result.get("n") == STACKED_SAMPLES and result.get("epoch") == epochs else None
 
 
