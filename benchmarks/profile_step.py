@@ -2,13 +2,15 @@
 
     python benchmarks/profile_step.py                          # every preset, mnistgan and naive
     python benchmarks/profile_step.py --presets tf-dcgan-tutorial recommended --threads 2 --json out.json
+    python benchmarks/profile_step.py --presets r3gan --threads 2   # a preset the naive loop cannot train
 
 For each preset, mnistgan's training step (performance.precision = "auto", as training runs it)
-and the naive loop (benchmarks/naive.py) are measured in this process:
+and, where it can train the preset, the naive loop (benchmarks/naive.py) are measured in this process:
 
 - the arithmetic of one step, in GFLOP: every matrix product and convolution, forward and
-  backward, counted by ``torch.utils.flop_counter.FlopCounterMode``;
-- the step time, the median of timed steps without the profiler;
+  backward (the double backward of R1 and R2 included), by ``torch.utils.flop_counter``'s formulas;
+- the step time, the median of timed steps without the profiler (where R1 and R2 come every k-th
+  D update, of timed runs of k steps, divided by k: every figure is a mean over that cycle);
 - the share of a profiled step spent inside those operations (``torch.profiler``; nested calls
   counted once), the speed they run at, and that speed against this CPU's peak, measured here as
   the best of a few 2048 x 2048 matrix products in fp32 (and in bf16 where the CPU computes it);
@@ -33,12 +35,13 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import build_stepper, comparable_presets, require_comparable  # noqa: E402
+from bench_train import build_stepper, comparable_presets  # noqa: E402
 
-from mnistgan.config import load_preset  # noqa: E402
+from mnistgan.config import load_preset, preset_names  # noqa: E402
 from mnistgan.devices import cpu_computes_bf16, cpu_description, describe_cpu  # noqa: E402
 
 ARITHMETIC = {"aten::mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::convolution_backward"}
@@ -58,20 +61,38 @@ def matmul_peak(dtype: torch.dtype, repeats: int = 8) -> float:
     return 2 * PEAK_SIDE**3 / best / 1e9
 
 
-def step_flops(run) -> float:
-    """Matrix-product and convolution FLOPs of one step, forward and backward."""
-    with FlopCounterMode(display=False) as counter:
-        run(1)
-    return counter.get_total_flops()
+class FlopCount(TorchDispatchMode):
+    """Matrix-product and convolution FLOPs by torch's own formulas, as ``FlopCounterMode`` counts
+    them but without its per-module tracking, whose autograd hooks refuse the double backward of R1
+    and R2 (``torch.autograd.grad`` of the input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
 
 
-def timed_steps(run, steps: int) -> float:
-    """Median seconds of ``steps`` single steps."""
+def step_flops(run, cycle: int) -> float:
+    """Matrix-product and convolution FLOPs of one step, forward and backward, the mean over ``cycle`` steps."""
+    with FlopCount() as counter:
+        run(cycle)
+    return counter.total / cycle
+
+
+def timed_steps(run, steps: int, cycle: int) -> float:
+    """Seconds per step: the median of ``steps`` timed runs of ``cycle`` steps each, divided by ``cycle``."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        run(1)
-        times.append(time.perf_counter() - start)
+        run(cycle)
+        times.append((time.perf_counter() - start) / cycle)
     return statistics.median(times)
 
 
@@ -108,12 +129,15 @@ def profiled_split(run, steps: int) -> tuple[float, float, float, list[tuple[str
 
 def profile_preset(preset: str, steps: int, peak: dict[str, float]) -> list[dict]:
     results = []
-    for variant, overrides in (("mnistgan", []), ("naive", None)):
+    variants = (("mnistgan", []), ("naive", None)) if preset in comparable_presets() else (("mnistgan", []),)
+    for variant, overrides in variants:
         run, config, (precision, reason) = build_stepper(preset, overrides, torch.device("cpu"), "cpu")
-        run(2)  # warm-up: oneDNN builds its kernels for these shapes
-        flops = step_flops(run)
-        step = timed_steps(run, steps)
-        profiled_step, arithmetic, other_ops, others = profiled_split(run, steps)
+        # R1 and R2 every k-th D update: measure whole cycles of k steps (the naive loop has none).
+        cycle = config.loss.penalty_interval if overrides is not None else 1
+        run(2 * cycle)  # warm-up: oneDNN builds its kernels for these shapes
+        flops = step_flops(run, cycle)
+        step = timed_steps(run, steps, cycle)
+        profiled_step, arithmetic, other_ops, others = profiled_split(run, steps * cycle)
         speed = flops / arithmetic / 1e9 if arithmetic else 0.0
         reference = peak.get(precision, peak["fp32"])  # bf16 forced on a CPU without it: against fp32
         results.append({
@@ -127,9 +151,10 @@ def profile_preset(preset: str, steps: int, peak: dict[str, float]) -> list[dict
             "peak_gflops": reference, "share_of_peak": speed / reference, "floor_ms": flops / (reference * 1e9) * 1e3,
             "other_ops_ms": {name: seconds * 1e3 for name, seconds in others},
         })
-    ours, naive = results
-    ours["floor_speedup_over_naive"] = naive["step_ms"] / ours["floor_ms"]
-    ours["speedup_over_naive"] = naive["step_ms"] / ours["step_ms"]
+    if len(results) == 2:
+        ours, naive = results
+        ours["floor_speedup_over_naive"] = naive["step_ms"] / ours["floor_ms"]
+        ours["speedup_over_naive"] = naive["step_ms"] / ours["step_ms"]
     return results
 
 
@@ -146,7 +171,7 @@ def report(results: list[dict], peak: dict[str, float]) -> None:
     # The two loops ran one after the other here, so their ratio drifts with the machine: the measured
     # speed-up is bench_train.py --paired's. The floor says how far any step of this arithmetic could go.
     for r in results:
-        if r["variant"] == "mnistgan":
+        if "floor_speedup_over_naive" in r:
             print(f"  {r['preset']}: at the floor {r['floor_speedup_over_naive']:.2f}x the naive loop's step "
                   f"(here {r['speedup_over_naive']:.2f}x, unpaired)")
 
@@ -158,7 +183,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps timed and profiled (default: 60 for MLPs, 4 for conv nets)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    require_comparable(parser, args.presets)
+    unknown = [name for name in args.presets if name not in preset_names()]
+    if unknown:
+        parser.error(f"no preset {', '.join(unknown)}; choose from {', '.join(preset_names())}")
+    for name in args.presets:
+        if load_preset(name).data.dataset != "mnist":
+            parser.error(f"{name} trains on {load_preset(name).data.dataset}; the steps measured here train on MNIST")
+        if name not in comparable_presets():
+            print(f"{name}: the naive loop cannot train it (benchmarks/naive.py), so mnistgan's step alone")
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = {"fp32": matmul_peak(torch.float32)}

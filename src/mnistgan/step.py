@@ -110,7 +110,7 @@ class TrainingStep:
         self.conditional = config.model.conditional
         # One D forward for real and fake together halves the kernel launches, which bound the GPU,
         # and costs nothing for the MLPs on a CPU; BatchNorm in D (batch statistics) forbids it. The
-        # conv D on a CPU is faster in two passes (measured for both DCGAN presets, docs/speed.md):
+        # conv D on a CPU is faster in two passes (measured for both DCGAN presets and r3gan, docs/speed.md):
         # there a batch of 512 convolves slower per image than two of 256, and the G update's
         # backward would run through the real half too.
         conv_on_cpu = device.type == "cpu" and config.model.architecture != "mlp"
