@@ -180,7 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=comparable_presets())
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--steps", type=int, help="steps timed and profiled (default: 60 for MLPs, 4 for conv nets)")
+    parser.add_argument("--steps", type=int, help="steps timed and profiled (default: 60 for MLPs, 4 for conv nets; where R1 "
+                        "and R2 come every k-th D update, cycles of k steps)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     unknown = [name for name in args.presets if name not in preset_names()]
