@@ -41,8 +41,9 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import build_stepper, comparable_presets  # noqa: E402
 
-from mnistgan.config import load_preset, preset_names  # noqa: E402
+from mnistgan.config import load_preset  # noqa: E402
 from mnistgan.devices import cpu_computes_bf16, cpu_description, describe_cpu  # noqa: E402
+from mnistgan.errors import UserError  # noqa: E402
 
 ARITHMETIC = {"aten::mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::convolution_backward"}
 PEAK_SIDE = 2048
@@ -127,9 +128,9 @@ def profiled_split(run, steps: int) -> tuple[float, float, float, list[tuple[str
             [(name, seconds / steps) for name, seconds in top])
 
 
-def profile_preset(preset: str, steps: int, peak: dict[str, float]) -> list[dict]:
+def profile_preset(preset: str, steps: int, peak: dict[str, float], with_naive: bool) -> list[dict]:
     results = []
-    variants = (("mnistgan", []), ("naive", None)) if preset in comparable_presets() else (("mnistgan", []),)
+    variants = (("mnistgan", []), ("naive", None)) if with_naive else (("mnistgan", []),)
     for variant, overrides in variants:
         run, config, (precision, reason) = build_stepper(preset, overrides, torch.device("cpu"), "cpu")
         # R1 and R2 every k-th D update: measure whole cycles of k steps (the naive loop has none).
@@ -184,13 +185,15 @@ def main() -> None:
                         "and R2 come every k-th D update, cycles of k steps)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    unknown = [name for name in args.presets if name not in preset_names()]
-    if unknown:
-        parser.error(f"no preset {', '.join(unknown)}; choose from {', '.join(preset_names())}")
+    comparable = comparable_presets()
     for name in args.presets:
-        if load_preset(name).data.dataset != "mnist":
-            parser.error(f"{name} trains on {load_preset(name).data.dataset}; the steps measured here train on MNIST")
-        if name not in comparable_presets():
+        try:
+            dataset = load_preset(name).data.dataset
+        except UserError as error:  # an unknown name: load_preset's own line, with the choices
+            parser.error(str(error))
+        if dataset != "mnist":
+            parser.error(f"{name} trains on {dataset}; the steps measured here train on MNIST")
+        if name not in comparable:
             print(f"{name}: the naive loop cannot train it (benchmarks/naive.py), so mnistgan's step alone")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +203,7 @@ def main() -> None:
     results = []
     for preset in args.presets:
         steps = args.steps or (60 if load_preset(preset).model.architecture == "mlp" else 4)
-        results += profile_preset(preset, steps, peak)
+        results += profile_preset(preset, steps, peak, with_naive=preset in comparable)
         if args.json:
             args.json.write_text(json.dumps({"cpu": cpu_description(), "torch": torch.__version__,
                                              "peak_gflops": peak, "results": results}, indent=2))
