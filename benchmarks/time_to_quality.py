@@ -7,7 +7,8 @@ uninterrupted `mnistgan train` makes; after each part, training's own final eval
 generator it samples from (the EMA copy where the preset keeps one): 10,000 samples against the 10,000
 test images. The clock is training's own (the trained seconds a checkpoint records): start-up,
 evaluations and the restarts between epochs are not counted. A preset stops at the first epoch whose
-FD reaches the target, or at the first epoch that ends past ``--minutes`` of training. Every preset
+FD reaches the target, at the first epoch that ends past ``--minutes`` of training, or at ``--epochs``
+(a fixed length, to compare runs epoch for epoch). Every preset
 runs on the same device and thread count; the table names the CPU. Running the same command again
 with the same ``--out`` continues where it stopped.
 """
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--fd", type=float, default=2.0, help="the FD to reach (default 2)")
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes each preset may use (default 20)")
     parser.add_argument("--every", type=int, default=1, help="epochs between evaluations (default 1)")
+    parser.add_argument("--epochs", type=int, help="stop at this epoch even if neither the FD nor the minutes are reached")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
@@ -93,7 +95,7 @@ def race(preset: str, args, device: str) -> list[dict]:
 
 
 def finished(last: dict, args) -> bool:
-    return last["fd"] <= args.fd or last["minutes"] >= args.minutes
+    return last["fd"] <= args.fd or last["minutes"] >= args.minutes or (args.epochs is not None and last["epoch"] >= args.epochs)
 
 
 def print_preset(preset: str, epochs: list[dict], target: float, flush: bool = False) -> None:

@@ -1,7 +1,9 @@
 """The benchmark scripts whose numbers rest on an equivalence: benchmarks/ema_schedules.py's extra EMA
-copies must be the EMA a run made with their settings would have kept, and benchmarks/profile_step.py's
-FLOP count must be torch's own, also through the double backward of R1 and R2."""
+copies must be the EMA a run made with their settings would have kept, benchmarks/profile_step.py's
+FLOP count must be torch's own, also through the double backward of R1 and R2, and
+benchmarks/time_to_quality.py must stop where it is told."""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from conftest import TINY_MLP
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from ema_schedules import ExtraEMAs  # noqa: E402
 from profile_step import FlopCount  # noqa: E402
+from time_to_quality import finished  # noqa: E402
 
 SETTINGS = {**TINY_MLP, "train.subset": 64, "train.ema_decay": 0.9}
 
@@ -61,3 +64,13 @@ def test_the_flop_count_follows_a_penalty_through_its_double_backward():
         (gradient,) = torch.autograd.grad(scores.sum(), images, create_graph=True)
         gradient.pow(2).sum().backward()
     assert counter.total == 3 * 2 * n * k
+
+
+def test_time_to_quality_stops_at_the_fd_the_minutes_or_the_epoch_cap():
+    args = argparse.Namespace(fd=2.0, minutes=10.0, epochs=None)
+    assert not finished({"epoch": 40, "minutes": 9.9, "fd": 2.01}, args)
+    assert finished({"epoch": 4, "minutes": 1.0, "fd": 2.0}, args)
+    assert finished({"epoch": 4, "minutes": 10.0, "fd": 5.0}, args)
+    capped = argparse.Namespace(fd=0.5, minutes=100.0, epochs=20)
+    assert not finished({"epoch": 18, "minutes": 16.0, "fd": 1.1}, capped)
+    assert finished({"epoch": 20, "minutes": 17.0, "fd": 1.1}, capped)
