@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import load_checkpoint
 from .config import Config, load_toml
 from .errors import UserError
 from .files import write_text_atomically
@@ -67,7 +68,7 @@ def render_report(paths: RunPaths) -> str:
     parts = [f"<h1>{_text(title)}</h1>"]
     if config.description:
         parts.append(f"<p>{_text(config.description)}</p>")
-    parts.append(_table(_summary(config, losses)))
+    parts.append(_table(_summary(config, losses, _trained_precision(config, paths))))
 
     grids = paths.sample_images()
     pictures = [(paths.progress_gif, "the grids over training", True), (paths.loss_curves, "losses and D's outputs", False),
@@ -99,7 +100,7 @@ def render_report(paths: RunPaths) -> str:
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
+def _summary(config: Config, losses: dict, precision: str) -> list[tuple[str, str]]:
     model, loss, optim, train = config.model, config.loss, config.optim, config.train
     epochs_done = int(losses["epoch"].max()) if "epoch" in losses else 0
     rows = [
@@ -121,15 +122,25 @@ def _summary(config: Config, losses: dict) -> list[tuple[str, str]]:
         last = losses["epoch"] == epochs_done
         rows.append((f"epoch {epochs_done} means", "d_loss {:.4f}, g_loss {:.4f}, D(x) {:.3f}, D(G(z)) {:.3f}".format(
             *(losses[key][last].mean() for key in STAT_COLUMNS))))
-    broken = _first_breakdown(loss.adversarial, losses, config.performance.precision)
+    broken = _first_breakdown(loss.adversarial, losses, precision)
     if broken:
         rows.append(("warning", f"training broke down at {broken}"))
     return rows
 
 
+def _trained_precision(config: Config, paths: RunPaths) -> str:
+    """What the run computed in: the config's precision where forced; under 'auto', the choice its last
+    checkpoint records ('auto' where there is none to read, and bf16's own breakdown check is skipped)."""
+    if config.performance.precision != "auto" or not paths.last_checkpoint.is_file():
+        return config.performance.precision
+    try:
+        return str(load_checkpoint(paths.last_checkpoint).get("precision", "auto"))
+    except UserError:  # damaged: the report still renders; resuming says what is wrong with it
+        return "auto"
+
+
 def _first_breakdown(kind: str, losses: dict, precision: str) -> str | None:
-    """The first epoch whose mean statistics in losses.csv show a broken GAN (``losses.breakdown``).
-    The config names the precision only where it was forced; under 'auto' bf16's own check is skipped."""
+    """The first epoch whose mean statistics in losses.csv show a broken GAN (``losses.breakdown``)."""
     if not all(key in losses for key in ("epoch", *STAT_COLUMNS)):
         return None
     for epoch in np.unique(losses["epoch"]):
