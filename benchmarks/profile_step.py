@@ -3,8 +3,10 @@
     python benchmarks/profile_step.py                          # every preset, mnistgan and naive
     python benchmarks/profile_step.py --presets tf-dcgan-tutorial recommended --threads 2 --json out.json
     python benchmarks/profile_step.py --presets r3gan --threads 2   # a preset the naive loop cannot train
+    python benchmarks/profile_step.py --presets r3gan --precision bf16   # the step in a precision auto would not choose
 
-For each preset, mnistgan's training step (performance.precision = "auto", as training runs it)
+For each preset, mnistgan's training step (performance.precision = "auto", as training runs it,
+unless ``--precision`` sets it)
 and, where it can train the preset, the naive loop (benchmarks/naive.py) are measured in this process:
 
 - the arithmetic of one step, in GFLOP: every matrix product and convolution, forward and
@@ -128,9 +130,10 @@ def profiled_split(run, steps: int) -> tuple[float, float, float, list[tuple[str
             [(name, seconds / steps) for name, seconds in top])
 
 
-def profile_preset(preset: str, steps: int, peak: dict[str, float], with_naive: bool) -> list[dict]:
+def profile_preset(preset: str, steps: int, peak: dict[str, float], with_naive: bool, precision: str = "auto") -> list[dict]:
     results = []
-    variants = (("mnistgan", []), ("naive", None)) if with_naive else (("mnistgan", []),)
+    ours = [f"performance.precision={precision}"]
+    variants = (("mnistgan", ours), ("naive", None)) if with_naive else (("mnistgan", ours),)
     for variant, overrides in variants:
         run, config, (precision, reason) = build_stepper(preset, overrides, torch.device("cpu"), "cpu")
         # R1 and R2 every k-th D update: measure whole cycles of k steps (the naive loop has none).
@@ -183,6 +186,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--steps", type=int, help="steps timed and profiled (default: 60 for MLPs, 4 for conv nets; where R1 "
                         "and R2 come every k-th D update, cycles of k steps)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="mnistgan's step in this precision (default: auto, as training chooses); the naive loop is fp32")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     comparable = comparable_presets()
@@ -203,7 +208,7 @@ def main() -> None:
     results = []
     for preset in args.presets:
         steps = args.steps or (60 if load_preset(preset).model.architecture == "mlp" else 4)
-        results += profile_preset(preset, steps, peak, with_naive=preset in comparable)
+        results += profile_preset(preset, steps, peak, with_naive=preset in comparable, precision=args.precision)
         if args.json:
             args.json.write_text(json.dumps({"cpu": cpu_description(), "torch": torch.__version__,
                                              "peak_gflops": peak, "results": results}, indent=2))

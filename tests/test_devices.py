@@ -111,30 +111,45 @@ def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, tmp_path
     assert devices.resolve_precision(load_preset("mlp-gan").replace({"performance.precision": "bf16"}), CUDA) == "bf16"
 
 
-def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(monkeypatch, no_real_probe_and_no_user_cache):
+def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(monkeypatch, tmp_path, no_real_probe_and_no_user_cache):
     # The relativistic loss's logits drift, and bf16 or TF32 then round away the differences it learns
-    # from: fp32 on every device, without a probe, even on a CPU whose bf16 would measure faster.
+    # from: fp32 without a probe, even on a CPU whose bf16 would measure faster, unless a drift term
+    # holds the level on the CPU (measured there; on CUDA not yet).
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
 
     def bf16_faster(config, precisions):
         return rounds(20.0, 10.0)
 
-    for preset in ("r3gan", "stacked-r3gan"):
-        config = load_preset(preset)
-        assert devices.needs_full_fp32(config)
-        for device in (CPU, CUDA):
-            precision, reason = devices.choose_precision(config, device, timer=bf16_faster)
-            assert precision == "fp32" and "relativistic" in reason, reason
-        forced = config.replace({"performance.precision": "bf16"})
-        precision, reason = devices.choose_precision(forced, CUDA)
+    unheld = load_preset("stacked-r3gan")
+    assert unheld.loss.drift_penalty == 0
+    for device in (CPU, CUDA):
+        assert devices.needs_full_fp32(unheld, device)
+        precision, reason = devices.choose_precision(unheld, device, timer=bf16_faster)
+        assert precision == "fp32" and "relativistic" in reason, reason
+        forced = unheld.replace({"performance.precision": "bf16"})
+        precision, reason = devices.choose_precision(forced, device)
         assert precision == "bf16" and reason.startswith("set by performance.precision") and "drift" in reason  # kept; a caution
+
+    held = load_preset("r3gan")
+    assert held.loss.drift_penalty > 0
+    assert not devices.needs_full_fp32(held, CPU) and devices.needs_full_fp32(held, CUDA)
+    assert devices.choose_precision(held, CPU, timer=bf16_faster, cache_path=tmp_path / "a.json")[0] == "bf16"  # the probe decides
+    fp32_faster = lambda config, precisions: rounds(10.0, 20.0)  # noqa: E731
+    assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / "b.json")[0] == "fp32"
+    precision, reason = devices.choose_precision(held, CUDA, timer=bf16_faster)
+    assert precision == "fp32" and "relativistic" in reason, reason
+    assert devices.bf16_caution(held, CPU, "bf16") == "" and "drift" in devices.bf16_caution(held, CUDA, "bf16")
+    without = held.replace({"loss.drift_penalty": 0.0})
+    assert devices.choose_precision(without, CPU, timer=bf16_faster)[0] == "fp32"
+
     for preset in ("tf-dcgan-tutorial", "recommended", "mlp-gan"):
-        assert not devices.needs_full_fp32(load_preset(preset))
+        assert not devices.needs_full_fp32(load_preset(preset), CUDA)
     # WGAN-GP's critic loss is blind to the level too; the losses that pin it through a sigmoid or a margin are not.
     for loss, full in (("relativistic", True), ("wasserstein-gp", True), ("non-saturating", False), ("hinge", False),
                        ("least-squares", False), ("minimax", False)):
         dcgan = load_preset("tf-dcgan-tutorial").replace({"loss.adversarial": loss})
-        assert devices.needs_full_fp32(dcgan) == full, loss
+        assert devices.needs_full_fp32(dcgan, CUDA) == full, loss
+        assert devices.needs_full_fp32(dcgan, CPU) == full, loss  # no drift term in this preset
         assert devices.resolve_precision(dcgan, CUDA) == ("fp32" if full else "bf16"), loss
 
 

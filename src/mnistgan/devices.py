@@ -199,21 +199,22 @@ def choose_precision(config: Config, device: torch.device,
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
-    wasserstein-gp losses: fp32 everywhere (``needs_full_fp32``). Otherwise "auto" on CUDA: bf16
-    for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64 are too
-    small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16 (emulated bf16
-    is far slower; no probe runs); with it, whichever a probe of this run's networks measures
-    faster (bf16 only when ``BF16_MARGIN`` faster), cached in ``cache_path`` (default
-    ``precision_cache_path()``).
+    wasserstein-gp losses: fp32 where ``needs_full_fp32`` (on CUDA, and on the CPU without a drift
+    term). Otherwise "auto" on CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose
+    matrix products at batch 64 are too small for bf16 to pay for its casts. "auto" on the CPU:
+    fp32 without native bf16 (emulated bf16 is far slower; no probe runs); with it, whichever a
+    probe of this run's networks measures faster (bf16 only when ``BF16_MARGIN`` faster), cached in
+    ``cache_path`` (default ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
     paired by position (default ``measure_step_seconds``); the choice is cached only when at least
     ``AGREEMENT`` of the rounds agree with it.
     """
     precision = config.performance.precision
     if precision != "auto":
-        return precision, "set by performance.precision" + bf16_caution(config, precision)
-    if needs_full_fp32(config):
-        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift"
+        return precision, "set by performance.precision" + bf16_caution(config, device, precision)
+    if needs_full_fp32(config, device):
+        held = " (no loss.drift_penalty holds them)" if device.type == "cpu" else ""
+        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift{held}"
     if device.type == "cuda":
         if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
@@ -250,22 +251,29 @@ def choose_precision(config: Config, device: torch.device,
     return choice, reason
 
 
-def needs_full_fp32(config: Config) -> bool:
+def needs_full_fp32(config: Config, device: torch.device) -> bool:
     """Whether this run must compute in full fp32, neither bf16 nor TF32: the losses blind to the
-    common level of D's logits, relativistic and wasserstein-gp.
+    common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level
+    on the CPU.
 
     Their D loss sees only differences of D's logits (and the penalties only gradients), so nothing
     holds the logits' common level, and it drifts. Once the level is large, a bf16 logit (an 8-bit
     significand) or a TF32 product (11 bits) rounds away the small real-fake differences that both
     networks learn from: an r3gan run on a GPU in bf16 drifted that far and fell apart
     (docs/quality.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
+
+    ``loss.drift_penalty`` pulls the level back to 0, where bf16 is fine enough: on the CPU r3gan
+    trained as well in bf16 with it as in fp32 (docs/quality.md, "r3gan in bf16 on a CPU"), so there
+    such a run is left to the probe like any other. On CUDA that is not measured yet.
     """
-    return config.loss.adversarial in ("relativistic", "wasserstein-gp")
+    if config.loss.adversarial not in ("relativistic", "wasserstein-gp"):
+        return False
+    return device.type != "cpu" or config.loss.drift_penalty == 0
 
 
-def bf16_caution(config: Config, precision: str) -> str:
-    """What to add to the reason for ``precision`` where bf16 meets a loss that ``needs_full_fp32``, else ''."""
-    if precision == "bf16" and needs_full_fp32(config):
+def bf16_caution(config: Config, device: torch.device, precision: str) -> str:
+    """What to add to the reason for ``precision`` where bf16 meets a run that ``needs_full_fp32``, else ''."""
+    if precision == "bf16" and needs_full_fp32(config, device):
         return f", though the {config.loss.adversarial} loss's logits drift and bf16 can round away their differences"
     return ""
 
@@ -281,6 +289,6 @@ def configure_backends(config: Config, device: torch.device, precision: str) -> 
     is fp32, unless the run ``needs_full_fp32``."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # conv algorithms chosen during the eager warm-up
-        allow_tf32 = precision == "fp32" and not needs_full_fp32(config)  # TF32: 10-bit-mantissa matmul inputs
+        allow_tf32 = precision == "fp32" and not needs_full_fp32(config, device)  # TF32: 10-bit-mantissa matmul inputs
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         torch.backends.cudnn.allow_tf32 = allow_tf32
