@@ -263,8 +263,8 @@ def needs_full_fp32(config: Config, device: torch.device) -> bool:
     (docs/quality.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
 
     ``loss.drift_penalty`` pulls the level back to 0, where bf16 is fine enough: on the CPU r3gan
-    trained as well in bf16 with it as in fp32 (docs/quality.md, "r3gan in bf16 on a CPU"), so there
-    such a run is left to the probe like any other. On CUDA that is not measured yet.
+    trained about as well in bf16 with it as in fp32 (docs/quality.md, "r3gan in bf16 on a CPU"), so
+    there such a run is left to the probe like any other. On CUDA that is not measured yet.
     """
     if config.loss.adversarial not in ("relativistic", "wasserstein-gp"):
         return False
