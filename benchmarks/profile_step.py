@@ -192,11 +192,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     comparable = comparable_presets()
+    configs = {}
     for name in args.presets:
         try:
-            dataset = load_preset(name).data.dataset
+            configs[name] = load_preset(name)
         except UserError as error:  # an unknown name: load_preset's own line, with the choices
             parser.error(str(error))
+        dataset = configs[name].data.dataset
         if dataset != "mnist":
             parser.error(f"{name} trains on {dataset}; the steps measured here train on MNIST")
         if name not in comparable:
@@ -208,7 +210,7 @@ def main() -> None:
         peak["bf16"] = matmul_peak(torch.bfloat16)
     results = []
     for preset in args.presets:
-        steps = args.steps or (60 if load_preset(preset).model.architecture == "mlp" else 4)
+        steps = args.steps or (60 if configs[preset].model.architecture == "mlp" else 4)
         results += profile_preset(preset, steps, peak, with_naive=preset in comparable, setting=args.precision)
         if args.json:
             args.json.write_text(json.dumps({"cpu": cpu_description(), "torch": torch.__version__,
