@@ -120,6 +120,9 @@ def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(mo
     def bf16_faster(config, precisions):
         return rounds(20.0, 10.0)
 
+    def fp32_faster(config, precisions):
+        return rounds(10.0, 20.0)
+
     unheld = load_preset("stacked-r3gan")
     assert unheld.loss.drift_penalty == 0
     for device in (CPU, CUDA):
@@ -134,7 +137,6 @@ def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(mo
     assert held.loss.drift_penalty > 0
     assert not devices.needs_full_fp32(held, CPU) and devices.needs_full_fp32(held, CUDA)
     assert devices.choose_precision(held, CPU, timer=bf16_faster, cache_path=tmp_path / "a.json")[0] == "bf16"  # the probe decides
-    fp32_faster = lambda config, precisions: rounds(10.0, 20.0)  # noqa: E731
     assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / "b.json")[0] == "fp32"
     precision, reason = devices.choose_precision(held, CUDA, timer=bf16_faster)
     assert precision == "fp32" and "relativistic" in reason, reason
