@@ -115,7 +115,8 @@ def test_text_from_the_run_is_escaped(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "auto", "auto chose bf16", "auto chose fp32"])
-def test_a_bf16_run_whose_scores_drifted_is_flagged(run_dir, tmp_path, precision):
+def test_the_precision_trained_in_is_shown_and_a_bf16_drift_flagged(run_dir, tmp_path, precision):
+    case = precision
     flagged = precision in ("bf16", "auto chose bf16")
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -133,6 +134,9 @@ def test_a_bf16_run_whose_scores_drifted_is_flagged(run_dir, tmp_path, precision
     (copy / "losses.csv").write_text("step,epoch,d_loss,g_loss,d_real,d_fake\n"
                                      "10,1,0.6,0.8,0.3,-0.2\n20,2,0.69,0.70,-27.7,-27.75\n")
     page = html.unescape(render_report(RunPaths(copy)))
+    row = {"bf16": "bf16 (set in the config)", "auto": "auto (chosen when training starts",
+           "auto chose bf16": "bf16 (chosen by auto", "auto chose fp32": "fp32 (chosen by auto"}[case]
+    assert f"<th>precision</th><td>{row}" in page
     if flagged:
         assert "broke down at epoch 2: D's scores sit near -27.7" in page
     else:  # fp32, or 'auto' with no checkpoint to say what it chose: bf16's check does not apply

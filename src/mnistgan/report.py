@@ -117,6 +117,7 @@ def _summary(config: Config, losses: dict, precision: str) -> list[tuple[str, st
                       + (f", {train.g_steps} G steps per D step" if train.g_steps > 1 else "")
                       + (f", EMA of G {train.ema_decay:g}" if train.ema_decay else "")
                       + (f" (half-life at most {train.ema_rampup:.0%} of the steps taken)" if train.ema_rampup else "")),
+        ("precision", _precision_words(config.performance.precision, precision)),
     ]
     if epochs_done:
         last = losses["epoch"] == epochs_done
@@ -137,6 +138,15 @@ def _trained_precision(config: Config, paths: RunPaths) -> str:
         return str(load_checkpoint(paths.last_checkpoint).get("precision", "auto"))
     except UserError:  # damaged: the report still renders; resuming says what is wrong with it
         return "auto"
+
+
+def _precision_words(setting: str, trained_in: str) -> str:
+    """The precision row: what the steps computed in, and whether the config forced it or 'auto' chose it."""
+    if setting != "auto":
+        return f"{trained_in} (set in the config)"
+    if trained_in == "auto":
+        return "auto (chosen when training starts; no checkpoint records the choice yet)"
+    return f"{trained_in} (chosen by auto when training started)"
 
 
 def _first_breakdown(kind: str, losses: dict, precision: str) -> str | None:
