@@ -221,7 +221,7 @@ def test_the_naive_loop_says_which_presets_it_cannot_reproduce():
     for name in ("recommended", "vanilla-gan", "tf-dcgan-tutorial", "compact-dcgan"):
         assert unsupported(load_preset(name)) is None, name
     assert unsupported(load_preset("r3gan")) == "the R2 penalty, the relativistic loss, penalties at intervals, the drift penalty"
-    assert unsupported(load_preset("stacked-r3gan")) == "the R2 penalty, the relativistic loss, the stacked-mnist dataset"
+    assert unsupported(load_preset("stacked-r3gan")) == "the R2 penalty, the relativistic loss, the drift penalty, the stacked-mnist dataset"
     assert "a packed discriminator" in unsupported(load_preset("stacked-pacgan"))
     assert unsupported(load_preset("stacked-dcgan")) == "several G updates a step, the stacked-mnist dataset"
     assert unsupported(load_preset("compact-dcgan").replace({"train.g_steps": 2})) == "several G updates a step"
