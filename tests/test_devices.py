@@ -114,7 +114,7 @@ def test_auto_precision_is_bf16_only_where_measured_faster(monkeypatch, tmp_path
 def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(monkeypatch, tmp_path, no_real_probe_and_no_user_cache):
     # The relativistic loss's logits drift, and bf16 or TF32 then round away the differences it learns
     # from: fp32 without a probe, even on a CPU whose bf16 would measure faster, unless a drift term
-    # holds the level on the CPU (measured there; on CUDA not yet).
+    # holds the level (measured on a CPU and on a GPU).
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
 
     def bf16_faster(config, precisions):
@@ -124,33 +124,31 @@ def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(mo
         return rounds(10.0, 20.0)
 
     unheld = load_preset("r3gan").replace({"loss.drift_penalty": 0.0})
+    assert devices.needs_full_fp32(unheld)
     for device in (CPU, CUDA):
-        assert devices.needs_full_fp32(unheld, device)
         precision, reason = devices.choose_precision(unheld, device, timer=bf16_faster)
-        assert precision == "fp32" and "relativistic" in reason, reason
+        assert precision == "fp32" and "relativistic" in reason and "drift_penalty" in reason, reason
         forced = unheld.replace({"performance.precision": "bf16"})
         precision, reason = devices.choose_precision(forced, device)
         assert precision == "bf16" and reason.startswith("set by performance.precision") and "drift" in reason  # kept; a caution
 
-    held = load_preset("r3gan")
-    assert held.loss.drift_penalty > 0
-    assert not devices.needs_full_fp32(held, CPU) and devices.needs_full_fp32(held, CUDA)
-    assert devices.choose_precision(held, CPU, timer=bf16_faster, cache_path=tmp_path / "a.json")[0] == "bf16"  # the probe decides
-    assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / "b.json")[0] == "fp32"
-    precision, reason = devices.choose_precision(held, CUDA, timer=bf16_faster)
-    assert precision == "fp32" and "relativistic" in reason, reason
-    assert devices.bf16_caution(held, CPU, "bf16") == "" and "drift" in devices.bf16_caution(held, CUDA, "bf16")
-    assert devices.needs_full_fp32(load_preset("stacked-r3gan"), CUDA) and not devices.needs_full_fp32(load_preset("stacked-r3gan"), CPU)
+    for preset in ("r3gan", "stacked-r3gan"):
+        held = load_preset(preset)
+        assert held.loss.drift_penalty > 0 and not devices.needs_full_fp32(held), preset
+        assert devices.bf16_caution(held, "bf16") == ""
+        assert devices.choose_precision(held, CPU, timer=bf16_faster, cache_path=tmp_path / f"{preset}-a.json")[0] == "bf16"  # the probe decides
+        assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / f"{preset}-b.json")[0] == "fp32"
+        assert devices.choose_precision(held, CUDA, timer=fp32_faster) == ("bf16", "auto on CUDA for convolutional networks")
 
     for preset in ("tf-dcgan-tutorial", "recommended", "mlp-gan"):
-        assert not devices.needs_full_fp32(load_preset(preset), CUDA)
+        assert not devices.needs_full_fp32(load_preset(preset))
     # WGAN-GP's critic loss is blind to the level too; the losses that pin it through a sigmoid or a margin are not.
     for loss, full in (("relativistic", True), ("wasserstein-gp", True), ("non-saturating", False), ("hinge", False),
                        ("least-squares", False), ("minimax", False)):
         dcgan = load_preset("tf-dcgan-tutorial").replace({"loss.adversarial": loss})
-        assert devices.needs_full_fp32(dcgan, CUDA) == full, loss
-        assert devices.needs_full_fp32(dcgan, CPU) == full, loss  # no drift term in this preset
+        assert devices.needs_full_fp32(dcgan) == full, loss  # no drift term in this preset
         assert devices.resolve_precision(dcgan, CUDA) == ("fp32" if full else "bf16"), loss
+        assert devices.resolve_precision(dcgan.replace({"loss.drift_penalty": 0.001}), CUDA) == "bf16", loss
 
 
 # -- backend flags -------------------------------------------------------------------------------
@@ -177,8 +175,11 @@ def test_cuda_training_autotunes_convolutions_and_uses_tf32_only_in_fp32(backend
     assert backend_flags() == (True, True, True)
     devices.configure_backends(dcgan, CUDA, "bf16")
     assert backend_flags() == (True, False, False)  # bf16 asked for: no silent TF32 on the fp32 parts
-    devices.configure_backends(load_preset("r3gan"), CUDA, "fp32")
+    unheld = load_preset("r3gan").replace({"loss.drift_penalty": 0.0})
+    devices.configure_backends(unheld, CUDA, "fp32")
     assert backend_flags() == (True, False, False)  # full fp32 (devices.needs_full_fp32)
+    devices.configure_backends(load_preset("r3gan"), CUDA, "fp32")
+    assert backend_flags() == (True, True, True)  # the drift term holds the level: TF32 is fine
 
 
 def test_cpu_training_leaves_the_cuda_flags_alone(backend_flags):

@@ -199,22 +199,21 @@ def choose_precision(config: Config, device: torch.device,
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
-    wasserstein-gp losses: fp32 where ``needs_full_fp32`` (on CUDA, and on the CPU without a drift
-    term). Otherwise "auto" on CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose
-    matrix products at batch 64 are too small for bf16 to pay for its casts. "auto" on the CPU:
-    fp32 without native bf16 (emulated bf16 is far slower; no probe runs); with it, whichever a
-    probe of this run's networks measures faster (bf16 only when ``BF16_MARGIN`` faster), cached in
-    ``cache_path`` (default ``precision_cache_path()``).
+    wasserstein-gp losses without a drift term: full fp32 (``needs_full_fp32``). Otherwise "auto" on
+    CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64
+    are too small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16
+    (emulated bf16 is far slower; no probe runs); with it, whichever a probe of this run's networks
+    measures faster (bf16 only when ``BF16_MARGIN`` faster), cached in ``cache_path`` (default
+    ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
     paired by position (default ``measure_step_seconds``); the choice is cached only when at least
     ``AGREEMENT`` of the rounds agree with it.
     """
     precision = config.performance.precision
     if precision != "auto":
-        return precision, "set by performance.precision" + bf16_caution(config, device, precision)
-    if needs_full_fp32(config, device):
-        held = " (no loss.drift_penalty holds them)" if device.type == "cpu" else ""
-        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift{held}"
+        return precision, "set by performance.precision" + bf16_caution(config, precision)
+    if needs_full_fp32(config):
+        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift (no loss.drift_penalty holds them)"
     if device.type == "cuda":
         if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
@@ -251,10 +250,9 @@ def choose_precision(config: Config, device: torch.device,
     return choice, reason
 
 
-def needs_full_fp32(config: Config, device: torch.device) -> bool:
+def needs_full_fp32(config: Config) -> bool:
     """Whether this run must compute in full fp32, neither bf16 nor TF32: the losses blind to the
-    common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level
-    on the CPU.
+    common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level.
 
     Their D loss sees only differences of D's logits (and the penalties only gradients), so nothing
     holds the logits' common level, and it drifts. Once the level is large, a bf16 logit (an 8-bit
@@ -262,18 +260,17 @@ def needs_full_fp32(config: Config, device: torch.device) -> bool:
     networks learn from: an r3gan run on a GPU in bf16 drifted that far and fell apart
     (docs/quality.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
 
-    ``loss.drift_penalty`` pulls the level back to 0, where bf16 is fine enough: on the CPU r3gan
-    trained about as well in bf16 with it as in fp32 (docs/quality.md, "r3gan in bf16 on a CPU"), so
-    there such a run is left to the probe like any other. On CUDA that is not measured yet.
+    ``loss.drift_penalty`` pulls the level back to 0, where bf16's spacing is far finer than those
+    differences: with it r3gan trained about as well in bf16 as in fp32 on a CPU, and r3gan and
+    stacked-r3gan held the level in bf16 on a GPU (docs/quality.md, "r3gan in bf16 on a CPU" and
+    "The drift term in bf16 on a GPU"), so such a run gets what any other run gets.
     """
-    if config.loss.adversarial not in ("relativistic", "wasserstein-gp"):
-        return False
-    return device.type != "cpu" or config.loss.drift_penalty == 0
+    return config.loss.adversarial in ("relativistic", "wasserstein-gp") and config.loss.drift_penalty == 0
 
 
-def bf16_caution(config: Config, device: torch.device, precision: str) -> str:
+def bf16_caution(config: Config, precision: str) -> str:
     """What to add to the reason for ``precision`` where bf16 meets a run that ``needs_full_fp32``, else ''."""
-    if precision == "bf16" and needs_full_fp32(config, device):
+    if precision == "bf16" and needs_full_fp32(config):
         return f", though the {config.loss.adversarial} loss's logits drift and bf16 can round away their differences"
     return ""
 
@@ -289,6 +286,6 @@ def configure_backends(config: Config, device: torch.device, precision: str) -> 
     is fp32, unless the run ``needs_full_fp32``."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # conv algorithms chosen during the eager warm-up
-        allow_tf32 = precision == "fp32" and not needs_full_fp32(config, device)  # TF32: 10-bit-mantissa matmul inputs
+        allow_tf32 = precision == "fp32" and not needs_full_fp32(config)  # TF32: 10-bit-mantissa matmul inputs
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         torch.backends.cudnn.allow_tf32 = allow_tf32
