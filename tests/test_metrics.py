@@ -188,7 +188,8 @@ def small_reference(monkeypatch, tmp_path):
 def test_evaluate_images_returns_every_key_and_caches_the_reference(small_reference):
     images = to_unit_range(load_mnist("train").images[:300])
     first = metrics.evaluate_images(images)
-    assert set(first) == set(metrics.METRIC_KEYS) - {"conditional_accuracy", "modes_covered", "reverse_kl", "channel_confidence"}
+    assert set(first) == set(metrics.METRIC_KEYS) - {"conditional_accuracy", "fd_train", "modes_covered", "reverse_kl",
+                                                     "channel_confidence"}
     assert first["n"] == 300 and len(first["class_histogram"]) == 10
     cached = list(small_reference.glob("test-first1000-evaluator-*.safetensors"))
     assert len(cached) == 1 and metrics.evaluator.WEIGHTS_SHA256[:16] in cached[0].name
@@ -206,6 +207,9 @@ def test_evaluate_images_subset_of_metrics_and_train_reference(small_reference):
     images = to_unit_range(load_mnist("test").images[:200])
     result = metrics.evaluate_images(images, reference="train", metrics=["fd", "classes"])
     assert set(result) == {"fd", "digits_covered", "class_kl", "class_histogram", "mean_confidence", "confident_fraction", "n"}
+    # what a run chooses by: the same samples' FD against the training reference, beside the test one's
+    both = metrics.evaluate_images(images, metrics=["fd"], train_fd=True)
+    assert both["fd_train"] == result["fd"] and both["fd"] != result["fd"]
 
 
 @pytest.mark.parametrize(

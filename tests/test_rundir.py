@@ -232,3 +232,14 @@ def test_a_claim_that_fails_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch)
         RunDirClaim(None, tmp_path / "runs", "x", "a = 1\n")
     assert_names(refused.value, str(tmp_path / "runs"), "No space left on device", "free some space")
     assert list((tmp_path / "runs").iterdir()) == []  # no half-made run folder for later commands to trip on
+
+
+def test_a_csv_log_begun_with_other_columns_keeps_its_header(tmp_path):
+    # A run resumed by a version that tracks one number more (or fewer) must not shift its columns.
+    path = tmp_path / "metrics.csv"
+    mnistgan.rundir.append_csv(path, ("epoch", "fd"), [[1, 2.5]])
+    mnistgan.rundir.append_csv(path, ("epoch", "fd", "fd_train"), [[2, 2.0, 1.9]])
+    mnistgan.rundir.append_csv(path, ("epoch",), [[3]])
+    assert path.read_text().splitlines() == ["epoch,fd", "1,2.5", "2,2.0", "3,nan"]
+    columns = mnistgan.rundir.read_csv_columns(path)
+    assert list(columns["epoch"]) == [1, 2, 3]

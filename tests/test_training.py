@@ -329,8 +329,10 @@ def test_evaluation_during_training_writes_metrics_and_keeps_the_best(tmp_path):
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert all(float(row["fd"]) > 0 and 0 <= float(row["precision"]) <= 1 for row in rows)
     assert (run.dir / "metric_curves.png").is_file()
+    # best.pt is chosen on the training images: the test images' FD is reported, never chosen by.
+    assert all(float(row["fd_train"]) > 0 and row["fd_train"] != row["fd"] for row in rows)
     best = load_checkpoint(run.dir / "checkpoints" / "best.pt")
-    assert best["best_quality"] == pytest.approx(min(float(row["fd"]) for row in rows), rel=1e-4)
+    assert best["best_quality"] == pytest.approx(min(float(row["fd_train"]) for row in rows), rel=1e-4)
     assert "conditional_accuracy" not in rows[0]  # unconditional: nothing to ask for
 
 
@@ -435,12 +437,14 @@ def test_the_final_evaluation_leaves_training_and_resume_exact(tmp_path):
 
 def test_the_last_epochs_evaluation_is_not_repeated_at_the_same_count(tmp_path, monkeypatch):
     counts, score = [], train_module.RunOutputs._score
-    monkeypatch.setattr(train_module.RunOutputs, "_score", lambda self, samples: counts.append(samples) or score(self, samples))
+    monkeypatch.setattr(train_module.RunOutputs, "_score",
+                        lambda self, samples, **options: counts.append(samples) or score(self, samples, **options))
     run = mnistgan.train("vanilla-gan", overrides={**FINAL, "train.eval_every": 1, "train.eval_samples": 100}, out=tmp_path / "run")
     assert counts == [100]  # epoch 1's evaluation is the final one
     with open(run.dir / "metrics.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["fd"]) == pytest.approx(run.metrics["fd"], rel=1e-5)
+    assert "fd_train" not in run.metrics  # the record reports the test images' numbers only
 
 
 def test_a_stopped_run_is_scored_only_once_it_finishes(tmp_path, monkeypatch):
@@ -629,7 +633,7 @@ def test_a_new_best_checkpoint_does_not_put_off_the_timed_one(tmp_path, monkeypa
 
     def four_minutes_and_better(self, epoch):  # each evaluation takes 4 minutes and finds a new best
         clock[0] += 240
-        return {"fd": 100.0 - epoch}
+        return {"fd": 100.0 - epoch, "fd_train": 100.0 - epoch}
 
     monkeypatch.setattr(train_module.RunOutputs, "_evaluate", four_minutes_and_better)
     overrides = {**TINY_MLP, "train.epochs": 3, "train.eval_every": 1, "train.checkpoint_every": 100,

@@ -90,7 +90,10 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: Path, title: str = "") ->
     figure, (fd_axis, pr_axis) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     epochs = metrics["epoch"]
     lower = "fd" if "fd" in metrics else "reverse_kl"
-    fd_axis.plot(epochs, metrics[lower], marker="o", color="tab:purple")
+    fd_axis.plot(epochs, metrics[lower], marker="o", color="tab:purple", label="against the test images")
+    if "fd_train" in metrics:  # what best.pt is chosen by
+        fd_axis.plot(epochs, metrics["fd_train"], linestyle="--", color="tab:gray", label="against training images (chooses best.pt)")
+        fd_axis.legend(loc="upper right")
     fd_axis.set_yscale("log")
     fd_axis.set_ylabel("Fréchet distance (lower is better)" if lower == "fd" else "reverse KL, nats (lower is better)")
     fd_axis.grid(alpha=0.3, which="both")

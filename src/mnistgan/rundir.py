@@ -155,13 +155,26 @@ def write_metrics(paths: RunPaths, record: dict) -> None:
 
 
 def append_csv(path: Path, columns: tuple[str, ...], rows: list[list]) -> None:
-    """Append ``rows`` to a CSV log, writing the header first if the file is new."""
-    new_file = not path.exists()
+    """Append ``rows`` to a CSV log, writing the header first if the file is new. A log begun with
+    other columns (a run resumed by a version that tracks more or fewer numbers) keeps its header:
+    each row gives the values of the columns it names, and nan for the rest."""
+    header = _header(path)
+    if header is not None and tuple(header) != tuple(columns):
+        rows = [[dict(zip(columns, row)).get(name, "nan") for name in header] for row in rows]
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle)
-        if new_file:
+        if header is None:
             writer.writerow(columns)
         writer.writerows(rows)
+
+
+def _header(path: Path) -> list[str] | None:
+    """The first row of a CSV log, or None if there is no file (or nothing in it yet)."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            return next(csv.reader(handle), None)
+    except FileNotFoundError:
+        return None
 
 
 def truncate_csv(path: Path, completed_epochs: int) -> None:

@@ -334,7 +334,7 @@ class TrainingState:
     precision: str  # what the steps compute in: recorded so that a resume continues in it
     completed_epochs: int = 0
     step_in_epoch: int = 0  # steps done of the next epoch (a run stopped mid-epoch)
-    best_quality: float = math.inf  # the lowest FD (Stacked MNIST: reverse KL) an evaluation has seen
+    best_quality: float = math.inf  # the lowest FD against training images (Stacked MNIST: reverse KL) seen so far
     trained_seconds: float = 0.0  # the steps of the finished epochs (and of a resumed epoch's first part)
     epoch_started: float | None = None  # perf_counter when this epoch's steps began, while they run
     breakdown: str | None = None  # the first epoch whose statistics showed a broken GAN, and why
@@ -436,8 +436,9 @@ def _require_same_run(config: Config, trained: dict, path: Path) -> None:
 
 
 # The numbers a run tracks, in order: metrics.csv's columns, the final evaluation's line, TensorBoard's
-# curves (the evaluator's metrics; Stacked MNIST's modes instead).
-TRACKED_METRICS = ("fd", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score",
+# curves (the evaluator's metrics; Stacked MNIST's modes instead). fd_train comes from evaluations during
+# training only: best.pt is chosen by it, so the test images' numbers are reported and never chosen on.
+TRACKED_METRICS = ("fd", "fd_train", "kid", "precision", "recall", "density", "coverage", "digits_covered", "classifier_score",
                    "conditional_accuracy")  # conditional runs: does asking for a 7 give a 7
 TRACKED_MODES = ("modes_covered", "reverse_kl", "channel_confidence")
 
@@ -501,7 +502,7 @@ class RunOutputs:
                 self.tensorboard.image("samples", grid, step)
         if evaluating:
             result = self._evaluate(epoch)
-            quality = float(result["reverse_kl" if self.stacked else "fd"])  # the number to minimise
+            quality = float(result["reverse_kl" if self.stacked else "fd_train"])  # the number to minimise
             if quality < state.best_quality:
                 state.best_quality = quality
                 state.save(self.paths.best_checkpoint, restart_timer=False)
@@ -544,7 +545,8 @@ class RunOutputs:
             return
         try:
             if self.last_evaluation is not None and self.last_evaluation[:2] == (epoch, samples):
-                result = self.last_evaluation[2]  # the last epoch's evaluation scored these very samples
+                # The last epoch's evaluation scored these very samples; the report gives the test images' numbers.
+                result = {key: value for key, value in self.last_evaluation[2].items() if key != "fd_train"}
             else:
                 self._prepare_sampler()
                 result = self._score(samples)
@@ -589,7 +591,7 @@ class RunOutputs:
     def _evaluate(self, epoch: int) -> dict:
         """Score ``train.eval_samples`` samples; append the tracked numbers to metrics.csv (and TensorBoard)."""
         samples = self.config.train.eval_samples
-        result = self._score(samples)
+        result = self._score(samples, train_fd=True)
         self.last_evaluation = (epoch, samples, result)
         tracked = self._tracked(result)
         row = [epoch] + [f"{value:.6g}" if isinstance(value, float) else value for value in tracked.values()]
@@ -599,11 +601,11 @@ class RunOutputs:
             self.tensorboard.scalars("eval", tracked, epoch * self.steps_per_epoch)
         return result
 
-    def _score(self, samples: int) -> dict:
+    def _score(self, samples: int, train_fd: bool = False) -> dict:
         """The sampler's quality on ``samples`` samples of the evaluation's own noise: training's RNG stream is
         untouched, and every evaluation of the same weights at the same count scores the same images."""
         return score_generator(self.sampler, self.config.model, self.config.data.dataset, samples, self.evaluation_seed,
-                               self.device)
+                               self.device, train_fd=train_fd)
 
     def _tracked(self, result: dict) -> dict:
         return {key: result[key] for key in (TRACKED_MODES if self.stacked else TRACKED_METRICS) if key in result}

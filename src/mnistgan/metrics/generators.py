@@ -32,15 +32,16 @@ def evaluation_seed(config: Config) -> int:
 
 
 def score_generator(generator: nn.Module, model: ModelConfig, dataset: str, n: int, seed: int,
-                    device: torch.device, reference: str = "test") -> dict:
+                    device: torch.device, reference: str = "test", train_fd: bool = False) -> dict:
     """Score ``n`` samples of ``generator`` (in eval mode, on ``device``) drawn from a CPU generator
-    seeded with ``seed``: the same weights, count and seed always score the same images."""
+    seeded with ``seed``: the same weights, count and seed always score the same images. ``train_fd``:
+    see ``evaluate_images`` (Stacked MNIST's modes need no real images to choose by)."""
     z, labels = draw_inputs(model, n, device, torch.Generator().manual_seed(seed))
     images = generate(generator, z, labels)
     if dataset == STACKED:
         return evaluate_stacked(images, device=device)
     return evaluate_images(images, reference=reference, device=device, dataset=dataset,
-                           labels=None if labels is None else labels.cpu())
+                           labels=None if labels is None else labels.cpu(), train_fd=train_fd)
 
 
 def real_floor(dataset: str, n: int, device: torch.device, strict: bool = False) -> dict | None:

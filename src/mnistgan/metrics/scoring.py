@@ -105,6 +105,7 @@ METRICS: dict[str, Metric] = {
 # not shown as a row), which direction is better, and what it measures.
 METRIC_KEYS: dict[str, MetricKey] = {
     "fd": MetricKey("Fréchet distance", "lower", "Fréchet distance between Gaussians fitted to evaluator features (FID with the MNIST evaluator)"),
+    "fd_train": MetricKey(None, "lower", "Fréchet distance against the first 10,000 training images: what a run chooses best.pt by"),
     "kid": MetricKey("kernel distance (KID)", "lower", "kernel distance: unbiased MMD^2, cubic polynomial kernel, mean over 100 subsets of <= 1,000"),
     "kid_std": MetricKey(None, "-", "standard deviation of the KID over the subsets"),
     "precision": MetricKey("precision (k=3)", "higher", "share of samples inside the real data's k=3 nearest-neighbour manifold: realism"),
@@ -141,6 +142,7 @@ def evaluate_images(
     metrics: list[str] | None = None,
     labels: torch.Tensor | None = None,
     dataset: str = "mnist",
+    train_fd: bool = False,
 ) -> dict:
     """Score samples (float (N, C, 28, 28) in [-1, 1]) against a real reference set of ``dataset``,
     through that dataset's evaluator.
@@ -149,7 +151,8 @@ def evaluate_images(
     training images). ``metrics``: names from ``METRICS`` to run (default: all). Returns a dict
     of the keys in ``METRIC_KEYS`` (those of the metrics run) and ``n``; with ``labels`` (the
     classes a conditional generator was asked for) also ``conditional_accuracy``, from the same
-    evaluator pass.
+    evaluator pass; with ``train_fd`` also ``fd_train``, the FD against the training reference, which
+    is what a choice among generators may be made on without touching the test images.
     """
     evaluator = load_evaluator(device, dataset=dataset)
     check_images(images, channels=evaluator.in_channels)
@@ -163,6 +166,9 @@ def evaluate_images(
     result = score(fake, real, names)
     if labels is not None:
         result["conditional_accuracy"] = _accuracy(fake.probabilities, labels)
+    if train_fd:
+        train = real if reference == "train" else reference_activations("train", REFERENCE_SIZE, batch_size, device, data_dir, dataset)
+        result["fd_train"] = _fd(fake, train)["fd"]
     return result
 
 
