@@ -167,7 +167,8 @@ def evaluate_images(
     if labels is not None:
         result["conditional_accuracy"] = _accuracy(fake.probabilities, labels)
     if train_fd:
-        train = real if reference == "train" else reference_activations("train", REFERENCE_SIZE, batch_size, device, data_dir, dataset)
+        train = real if reference == "train" else reference_activations("train", REFERENCE_SIZE, batch_size, device,
+                                                                        data_dir, dataset)
         result["fd_train"] = _fd(fake, train)["fd"]
     return result
 
