@@ -140,8 +140,18 @@ def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(mo
         assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / f"{preset}-b.json")[0] == "fp32"
         assert devices.choose_precision(held, CUDA, timer=fp32_faster) == ("bf16", "auto on CUDA for convolutional networks")
 
+    # With labels the held run still trained worse in bf16 (two seeds, training images): full fp32 again.
+    labelled = load_preset("r3gan").replace({"model.conditional": True})
+    assert labelled.loss.drift_penalty > 0 and devices.needs_full_fp32(labelled)
+    for device in (CPU, CUDA):
+        precision, reason = devices.choose_precision(labelled, device, timer=bf16_faster, cache_path=tmp_path / "labelled.json")
+        assert precision == "fp32" and "with labels" in reason, reason
+    forced = labelled.replace({"performance.precision": "bf16"})
+    assert devices.choose_precision(forced, CPU)[0] == "bf16" and "with labels" in devices.bf16_caution(forced, "bf16")
+
     for preset in ("tf-dcgan-tutorial", "recommended", "mlp-gan"):
         assert not devices.needs_full_fp32(load_preset(preset))
+    assert not devices.needs_full_fp32(load_preset("compact-dcgan"))  # labels, but a loss that pins the level
     # WGAN-GP's critic loss is blind to the level too; the losses that pin it through a sigmoid or a margin are not.
     for loss, full in (("relativistic", True), ("wasserstein-gp", True), ("non-saturating", False), ("hinge", False),
                        ("least-squares", False), ("minimax", False)):

@@ -199,7 +199,7 @@ def choose_precision(config: Config, device: torch.device,
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
-    wasserstein-gp losses without a drift term: full fp32 (``needs_full_fp32``). Otherwise "auto" on
+    wasserstein-gp losses without a drift term or with labels: full fp32 (``needs_full_fp32``). Otherwise "auto" on
     CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64
     are too small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16
     (emulated bf16 is far slower; no probe runs); with it, whichever a probe of this run's networks
@@ -213,7 +213,7 @@ def choose_precision(config: Config, device: torch.device,
     if precision != "auto":
         return precision, "set by performance.precision" + bf16_caution(config, precision)
     if needs_full_fp32(config):
-        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, as its logits drift (no loss.drift_penalty holds them)"
+        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, " + _why_full_fp32(config)
     if device.type == "cuda":
         if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
@@ -252,7 +252,8 @@ def choose_precision(config: Config, device: torch.device,
 
 def needs_full_fp32(config: Config) -> bool:
     """Whether this run must compute in full fp32, neither bf16 nor TF32: the losses blind to the
-    common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level.
+    common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level
+    and the run is unconditional.
 
     Their D loss sees only differences of D's logits (and the penalties only gradients), so nothing
     holds the logits' common level, and it drifts. Once the level is large, a bf16 logit (an 8-bit
@@ -264,14 +265,27 @@ def needs_full_fp32(config: Config) -> bool:
     differences: with it r3gan trained about as well in bf16 as in fp32 on a CPU, and r3gan and
     stacked-r3gan held the level in bf16 on a GPU (docs/quality.md, "r3gan in bf16 on a CPU" and
     "The drift term in bf16 on a GPU"), so such a run gets what any other run gets.
+
+    With labels, though, r3gan with the drift term trained worse in bf16 than in fp32 on both seeds
+    compared, on the training images (FD and recall; docs/quality.md, "r3gan for longer, and with
+    labels"), with the level held: the cause is not known, so such a run keeps full fp32 too.
     """
-    return config.loss.adversarial in ("relativistic", "wasserstein-gp") and config.loss.drift_penalty == 0
+    level_blind = config.loss.adversarial in ("relativistic", "wasserstein-gp")
+    return level_blind and (config.loss.drift_penalty == 0 or config.model.conditional)
+
+
+def _why_full_fp32(config: Config) -> str:
+    if config.loss.drift_penalty == 0:
+        return "as its logits drift (no loss.drift_penalty holds them)"
+    return "as with labels it trained worse in bf16, its level held (docs/quality.md)"
 
 
 def bf16_caution(config: Config, precision: str) -> str:
     """What to add to the reason for ``precision`` where bf16 meets a run that ``needs_full_fp32``, else ''."""
     if precision == "bf16" and needs_full_fp32(config):
-        return f", though the {config.loss.adversarial} loss's logits drift and bf16 can round away their differences"
+        if config.loss.drift_penalty == 0:
+            return f", though the {config.loss.adversarial} loss's logits drift and bf16 can round away their differences"
+        return f", though with labels the {config.loss.adversarial} loss trained worse in bf16 than in fp32 (docs/quality.md)"
     return ""
 
 
