@@ -199,12 +199,12 @@ def choose_precision(config: Config, device: torch.device,
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
-    wasserstein-gp losses without a drift term or with labels: full fp32 (``needs_full_fp32``). Otherwise "auto" on
-    CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose matrix products at batch 64
-    are too small for bf16 to pay for its casts. "auto" on the CPU: fp32 without native bf16
-    (emulated bf16 is far slower; no probe runs); with it, whichever a probe of this run's networks
-    measures faster (bf16 only when ``BF16_MARGIN`` faster), cached in ``cache_path`` (default
-    ``precision_cache_path()``).
+    wasserstein-gp losses without a drift term or with labels: full fp32 (``needs_full_fp32``).
+    Otherwise "auto" on CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose matrix
+    products at batch 64 are too small for bf16 to pay for its casts. "auto" on the CPU: fp32
+    without native bf16 (emulated bf16 is far slower; no probe runs); with it, whichever a probe of
+    this run's networks measures faster (bf16 only when ``BF16_MARGIN`` faster), cached in
+    ``cache_path`` (default ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
     paired by position (default ``measure_step_seconds``); the choice is cached only when at least
     ``AGREEMENT`` of the rounds agree with it.
@@ -213,7 +213,7 @@ def choose_precision(config: Config, device: torch.device,
     if precision != "auto":
         return precision, "set by performance.precision" + bf16_caution(config, precision)
     if needs_full_fp32(config):
-        return "fp32", f"auto for the {config.loss.adversarial} loss: full fp32, no TF32, " + _why_full_fp32(config)
+        return "fp32", f"auto: full fp32, no TF32, as {full_fp32_cause(config)}"
     if device.type == "cuda":
         if config.model.architecture != "mlp":
             return "bf16", "auto on CUDA for convolutional networks"
@@ -251,7 +251,12 @@ def choose_precision(config: Config, device: torch.device,
 
 
 def needs_full_fp32(config: Config) -> bool:
-    """Whether this run must compute in full fp32, neither bf16 nor TF32: the losses blind to the
+    """Whether this run must compute in full fp32, neither bf16 nor TF32 (``full_fp32_cause`` says why)."""
+    return full_fp32_cause(config) is not None
+
+
+def full_fp32_cause(config: Config) -> str | None:
+    """Why this run must compute in full fp32, or None where it need not: the losses blind to the
     common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level
     and the run is unconditional.
 
@@ -270,23 +275,20 @@ def needs_full_fp32(config: Config) -> bool:
     compared, on the training images (FD and recall; docs/quality.md, "r3gan for longer, and with
     labels"), with the level held: the cause is not known, so such a run keeps full fp32 too.
     """
-    level_blind = config.loss.adversarial in ("relativistic", "wasserstein-gp")
-    return level_blind and (config.loss.drift_penalty == 0 or config.model.conditional)
-
-
-def _why_full_fp32(config: Config) -> str:
+    loss = config.loss.adversarial
+    if loss not in ("relativistic", "wasserstein-gp"):
+        return None
     if config.loss.drift_penalty == 0:
-        return "as its logits drift (no loss.drift_penalty holds them)"
-    return "as with labels it trained worse in bf16, its level held (docs/quality.md)"
+        return f"the {loss} loss's logits drift (no loss.drift_penalty holds them) and bf16 can round away their differences"
+    if config.model.conditional:
+        return f"with labels the {loss} loss trained worse in bf16 than in fp32, its level held (docs/quality.md)"
+    return None
 
 
 def bf16_caution(config: Config, precision: str) -> str:
     """What to add to the reason for ``precision`` where bf16 meets a run that ``needs_full_fp32``, else ''."""
-    if precision == "bf16" and needs_full_fp32(config):
-        if config.loss.drift_penalty == 0:
-            return f", though the {config.loss.adversarial} loss's logits drift and bf16 can round away their differences"
-        return f", though with labels the {config.loss.adversarial} loss trained worse in bf16 than in fp32 (docs/quality.md)"
-    return ""
+    cause = full_fp32_cause(config) if precision == "bf16" else None
+    return f", though {cause}" if cause else ""
 
 
 def resolve_precision(config: Config, device: torch.device) -> str:
