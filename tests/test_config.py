@@ -199,6 +199,22 @@ def test_penalties_at_intervals_need_a_penalty_to_space_out():
         load_preset("mlp-gan").replace({"loss.penalty_interval": 4})
 
 
+@pytest.mark.parametrize("preset, overrides, named", [
+    ("r3gan", {}, "loss.r1_gamma, loss.r2_gamma"),
+    ("mlp-gan", {"loss.adversarial": "wasserstein-gp"}, "wasserstein-gp's loss.gp_lambda"),
+])
+def test_compiling_refuses_gradient_penalties_in_one_line(preset, overrides, named):
+    # torch.compile's autograd fails at the first penalised step (a double backward): say so before training.
+    with pytest.raises(UserError) as caught:
+        load_preset(preset).replace({**overrides, "performance.compile": True})
+    message = str(caught.value)
+    assert f"performance.compile cannot train with gradient penalties ({named})" in message, message
+    assert "set performance.compile = false" in message and "\n" not in message
+    assert load_preset("mlp-gan").replace({"performance.compile": True}).performance.compile  # no penalty: allowed
+    assert load_preset(preset).replace({**overrides, "loss.r1_gamma": 0.0, "loss.r2_gamma": 0.0, "loss.gp_lambda": 0.0,
+                                        "loss.penalty_interval": 1, "performance.compile": True}).performance.compile
+
+
 def test_an_ema_ramp_up_needs_an_ema():
     assert load_preset("r3gan").replace({"train.ema_rampup": 0.05}).train.ema_rampup == 0.05
     with pytest.raises(UserError, match="train.ema_rampup shortens the EMA of G, which is off: set train.ema_decay"):

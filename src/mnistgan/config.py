@@ -355,6 +355,14 @@ def _check_consistency(config: Config) -> None:
                         "set loss.r1_gamma or loss.r2_gamma, or leave loss.penalty_interval at 1")
     if loss.adversarial == "wasserstein-gp" and model.discriminator_batchnorm:
         raise UserError("wasserstein-gp's gradient penalty is per sample: turn off model.discriminator_batchnorm")
+    penalties = [name for name, on in (("loss.r1_gamma", loss.r1_gamma > 0), ("loss.r2_gamma", loss.r2_gamma > 0),
+                                       ("wasserstein-gp's loss.gp_lambda",
+                                        loss.adversarial == "wasserstein-gp" and loss.gp_lambda > 0)) if on]
+    if config.performance.compile and penalties:
+        # A gradient penalty backpropagates through D's input gradient: a double backward, which
+        # torch.compile's autograd refuses at the first penalised step.
+        raise UserError(f"performance.compile cannot train with gradient penalties ({', '.join(penalties)}): torch.compile "
+                        "does not support their double backward; set performance.compile = false")
 
 
 def key_field(dotted: str) -> tuple[Any, dict]:
