@@ -264,15 +264,15 @@ def full_fp32_cause(config: Config) -> str | None:
     holds the logits' common level, and it drifts. Once the level is large, a bf16 logit (an 8-bit
     significand) or a TF32 product (11 bits) rounds away the small real-fake differences that both
     networks learn from: an r3gan run on a GPU in bf16 drifted that far and fell apart
-    (docs/quality.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
+    (docs/baseline-experiments.md, "r3gan on a GPU in bf16"). WGAN-GP is included by the same argument.
 
     ``loss.drift_penalty`` pulls the level back to 0, where bf16's spacing is far finer than those
     differences: with it r3gan trained about as well in bf16 as in fp32 on a CPU, and r3gan and
-    stacked-r3gan held the level in bf16 on a GPU (docs/quality.md, "r3gan in bf16 on a CPU" and
+    stacked-r3gan held the level in bf16 on a GPU (docs/baseline-experiments.md, "r3gan in bf16 on a CPU" and
     "The drift term in bf16 on a GPU"), so such a run gets what any other run gets.
 
     With labels, though, r3gan with the drift term trained worse in bf16 than in fp32 on both seeds
-    compared, on the training images (FD and recall; docs/quality.md, "r3gan for longer, and with
+    compared, on the training images (FD and recall; docs/baseline-experiments.md, "r3gan for longer, and with
     labels"), with the level held: the cause is not known, so such a run keeps full fp32 too.
     """
     loss = config.loss.adversarial
@@ -281,7 +281,7 @@ def full_fp32_cause(config: Config) -> str | None:
     if config.loss.drift_penalty == 0:
         return f"the {loss} loss's logits drift (no loss.drift_penalty holds them) and bf16 can round away their differences"
     if config.model.conditional:
-        return f"with labels the {loss} loss trained worse in bf16 than in fp32, its level held (docs/quality.md)"
+        return f"with labels the {loss} loss trained worse in bf16 than in fp32, its level held (docs/baseline-experiments.md)"
     return None
 
 
