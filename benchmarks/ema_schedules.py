@@ -108,9 +108,9 @@ class ExtraEMAs:
                 step_module.move_average(extras.parameters[name], extras.buffers[name], step.g_parameters,
                                          step.g_buffers, weight)
 
-        def init(outputs, config, paths, parts, device, steps_per_epoch):
+        def init(outputs, config, paths, parts, device, steps_per_epoch, *rest):
             extras.steps_per_epoch = steps_per_epoch
-            outputs_init(outputs, config, paths, parts, device, steps_per_epoch)
+            outputs_init(outputs, config, paths, parts, device, steps_per_epoch, *rest)
 
         def end(outputs, epoch, *rest, **keywords):
             end_of_epoch(outputs, epoch, *rest, **keywords)

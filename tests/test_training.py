@@ -816,3 +816,28 @@ def test_a_resumed_run_keeps_its_precision_and_a_bf16_run_of_a_level_blind_loss_
     assert train_module._precision_trained_in(r3gan, cpu, {"precision": "bf16", "device_type": "cuda"}) is None
     assert train_module._precision_trained_in(r3gan.replace({"performance.precision": "fp32"}), cpu,
                                               {"precision": "bf16", "device_type": "cpu"}) is None
+
+
+def test_a_collapse_is_flagged_after_the_first_quarter_and_at_the_end(tmp_path, capsys, monkeypatch):
+    class OneNoise(train_module.SpreadCheck):  # every checked sample drawn from one noise vector: identical samples
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.z[:] = self.z[0]
+
+    monkeypatch.setattr(train_module, "SpreadCheck", OneNoise)
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 4, "train.sample_every": 1}, out=tmp_path / "run")
+    mnistgan.train(resume=tmp_path / "run", epochs=5)  # the series goes on across a resume
+    lines = capsys.readouterr().out.splitlines()
+    alike = "the samples are nearly alike (0.00 of the training images' spread)"
+    warned = [line.split()[1] for line in lines if line.startswith("epoch") and f"since epoch 1, {alike}: G has collapsed" in line]
+    assert warned == ["2/4", "3/4", "4/4", "5/5"]  # not in the first quarter, where collapse often passes
+    assert sum(f"warning: in the final samples, {alike}: G has collapsed" in line for line in lines) == 2
+
+
+def test_a_passing_check_ends_the_series(tmp_path, capsys, monkeypatch):
+    spreads = iter([{None: 0.1}, {None: 0.1}, {None: 0.9}, {None: 0.1}])  # alike, then not, then alike again
+    monkeypatch.setattr(train_module.SpreadCheck, "ratios", lambda self, generator: next(spreads))
+    mnistgan.train("vanilla-gan", overrides={**TINY_MLP, "train.epochs": 4, "train.sample_every": 1}, out=tmp_path / "run")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("since epoch")[1][:3] for line in lines if "since epoch" in line] == [" 1,", " 4,"]
+    assert "warning: in the final samples, the samples are nearly alike (0.10 of the training images' spread)" in lines[-1]

@@ -28,6 +28,7 @@ from .distributed import Distributed
 from .errors import UserError, option
 from .metrics.evaluator import load_evaluator
 from .metrics.generators import evaluation_seed, metrics_record, real_floor, score_generator
+from .metrics.spread import SpreadCheck
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, read_metrics, start_run,
@@ -110,7 +111,7 @@ def _train(config: Config, paths: RunPaths, device: torch.device, precision: str
     parts = build_training(config, device, data.images, data.labels, data.batch_size, data.steps_per_epoch,
                            precision, distributed)
     state = TrainingState(config, parts, device, precision)
-    outputs = RunOutputs(config, paths, parts, device, data.steps_per_epoch)
+    outputs = RunOutputs(config, paths, parts, device, data.steps_per_epoch, SpreadCheck(config, data.images, data.labels, device))
 
     # -- start or resume ------------------------------------------------------------------------------
     if checkpoint is not None:
@@ -198,6 +199,9 @@ def _finish(state: "TrainingState", outputs: "RunOutputs", paths: RunPaths, stop
     if state.breakdown:
         stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
                  "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
+    if state.alike:  # the last epoch's check failed (the last epoch always draws a grid)
+        stop.say(f"warning: in the final samples, {state.alike}: G has collapsed, or not yet learned variety "
+                 "(lower the learning rates, change the loss, or train longer)")
     if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
         unscored = f", but not scored: `mnistgan train --resume {paths.root}` scores it" if stopped_unscored else ""
         raise TrainingInterrupted(f"stopped after the last epoch; the run in {paths.root} is complete{unscored}",
@@ -338,6 +342,10 @@ class TrainingState:
     trained_seconds: float = 0.0  # the steps of the finished epochs (and of a resumed epoch's first part)
     epoch_started: float | None = None  # perf_counter when this epoch's steps began, while they run
     breakdown: str | None = None  # the first epoch whose statistics showed a broken GAN, and why
+    # The collapse check (metrics/spread.py): the first epoch of the latest unbroken series of failed checks,
+    # and what the latest one found; None while the latest passed.
+    alike_since: int | None = None
+    alike: str | None = None
     saved_at: float = field(default_factory=time.monotonic)  # when training last checkpointed (or started)
 
     def checkpoint_due(self) -> bool:
@@ -361,6 +369,7 @@ class TrainingState:
             "partial_stats": parts.step.stats[: self.step_in_epoch].cpu(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "best_quality": self.best_quality, "trained_seconds": self.training_seconds(), "breakdown": self.breakdown,
+            "alike_since": self.alike_since, "alike": self.alike,
             "threads": torch.get_num_threads(), "precision": self.precision, "device_type": device.type,
         }
 
@@ -403,6 +412,7 @@ class TrainingState:
         self.best_quality = state.get("best_quality", state.get("best_fd", math.inf))  # best_fd: its name before
         self.trained_seconds = state.get("trained_seconds", 0.0)
         self.breakdown = state.get("breakdown")
+        self.alike_since, self.alike = state.get("alike_since"), state.get("alike")
         if self.step_in_epoch:
             parts.step.stats[: self.step_in_epoch] = state["partial_stats"].to(device)
         # RNG states are CPU byte tensors whatever the map_location moved them to.
@@ -448,8 +458,10 @@ class RunOutputs:
     line, the fixed-noise grids, evaluations, checkpoints, curves, the GIF, the generator file, the
     final evaluation, and (``train.tensorboard``) the TensorBoard log of all of them."""
 
-    def __init__(self, config: Config, paths: RunPaths, parts: TrainingParts, device: torch.device, steps_per_epoch: int):
+    def __init__(self, config: Config, paths: RunPaths, parts: TrainingParts, device: torch.device, steps_per_epoch: int,
+                 spread_check: SpreadCheck):
         self.config, self.paths, self.device, self.steps_per_epoch = config, paths, device, steps_per_epoch
+        self.spread_check = spread_check
         self.sampler = parts.ema if parts.ema is not None else parts.generator  # what the grids and files show
         self.has_ema = parts.ema is not None
         self.fixed_noise, self.fixed_labels = fixed_inputs(config, device)
@@ -480,20 +492,31 @@ class RunOutputs:
             if self.has_ema:
                 scalars["ema_decay"] = ema_decay(self.config, epoch, self.steps_per_epoch)
             self.tensorboard.scalars("train", scalars, step)
+        last_epoch = epoch == schedule.epochs
+        sampling = not stopping and (epoch % schedule.sample_every == 0 or last_epoch)
+        evaluating = not stopping and schedule.eval_every and (epoch % schedule.eval_every == 0 or last_epoch)
+        if sampling or evaluating:
+            self._prepare_sampler()
+        collapse = None
+        if sampling:  # the collapse check goes with the grid it explains
+            spreads = self.spread_check.ratios(self.sampler)
+            state.alike = SpreadCheck.describe(spreads)
+            state.alike_since = (state.alike_since or epoch) if state.alike else None
+            # Not said in the run's first quarter: many GANs draw alike samples for their first epochs and
+            # then spread out (docs/reliability.md, "Collapse").
+            if state.alike and epoch > schedule.epochs / 4:
+                collapse = f"since epoch {state.alike_since}, {state.alike}: G has collapsed, or not yet learned variety"
+            if self.tensorboard and spreads:
+                self.tensorboard.scalars("samples", {"spread": min(spreads.values())}, step)
         means = epoch_stats.mean(0).tolist()
         rates = ""
         if self.config.optim.lr_decay_epochs:  # the epoch's learning rates, where they change
             rates = f"  lr {g_lr:.3g}" + (f" (D {d_lr:.3g})" if d_lr != g_lr else "")
         say(f"epoch {epoch:>4}/{schedule.epochs}  d_loss {means[0]:.4f}  g_loss {means[1]:.4f}  "
             f"D(x) {means[2]:.3f}  D(G(z)) {means[3]:.3f}{rates}  {images_per_second:,.0f} img/s  {seconds:.1f} s"
-            + (f"  warning: {breakdown}" if breakdown else ""))
+            + "".join(f"  warning: {words}" for words in (breakdown, collapse) if words))
         if stopping:  # a broken epoch is not written over the last checkpoint
             return
-        last_epoch = epoch == schedule.epochs
-        sampling = epoch % schedule.sample_every == 0 or last_epoch
-        evaluating = schedule.eval_every and (epoch % schedule.eval_every == 0 or last_epoch)
-        if sampling or evaluating:
-            self._prepare_sampler()
         if sampling:
             grid = image_grid(generate(self.sampler, self.fixed_noise, self.fixed_labels), columns=grid_columns(self.config),
                               scale=4)

@@ -21,6 +21,9 @@ Reading the numbers:
 The evaluator's features and probabilities for the reference images are computed once and kept in
 the per-user cache (``reference/`` beside the MNIST cache), under a name that carries the weights'
 SHA-256, so new weights never reuse old statistics.
+
+``metrics.spread`` alone needs no evaluator: training's collapse check, the samples' pixel distances
+against the training images'.
 """
 
 from .scoring import (  # noqa: F401
