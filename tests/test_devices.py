@@ -132,13 +132,23 @@ def test_auto_precision_is_full_fp32_for_the_losses_blind_to_the_logits_level(mo
         precision, reason = devices.choose_precision(forced, device)
         assert precision == "bf16" and reason.startswith("set by performance.precision") and "drift" in reason  # kept; a caution
 
-    for preset in ("r3gan", "stacked-r3gan"):
-        held = load_preset(preset)
-        assert held.loss.drift_penalty > 0 and not devices.needs_full_fp32(held), preset
-        assert devices.bf16_caution(held, "bf16") == ""
-        assert devices.choose_precision(held, CPU, timer=bf16_faster, cache_path=tmp_path / f"{preset}-a.json")[0] == "bf16"  # the probe decides
-        assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / f"{preset}-b.json")[0] == "fp32"
-        assert devices.choose_precision(held, CUDA, timer=fp32_faster) == ("bf16", "auto on CUDA for convolutional networks")
+    held = load_preset("stacked-r3gan")  # the level held, R1 and R2 on every D update
+    assert held.loss.drift_penalty > 0 and held.loss.penalty_interval == 1 and not devices.needs_full_fp32(held)
+    assert devices.bf16_caution(held, "bf16") == ""
+    assert devices.choose_precision(held, CPU, timer=bf16_faster, cache_path=tmp_path / "held-a.json")[0] == "bf16"  # the probe decides
+    assert devices.choose_precision(held, CPU, timer=fp32_faster, cache_path=tmp_path / "held-b.json")[0] == "fp32"
+    assert devices.choose_precision(held, CUDA, timer=fp32_faster) == ("bf16", "auto on CUDA for convolutional networks")
+
+    # R1 and R2 spaced out, as r3gan has them: bf16 broke it after ~40 epochs, its level held, on both devices.
+    spaced = load_preset("r3gan")
+    assert spaced.loss.drift_penalty > 0 and spaced.loss.penalty_interval == 4 and devices.needs_full_fp32(spaced)
+    for device in (CPU, CUDA):
+        precision, reason = devices.choose_precision(spaced, device, timer=bf16_faster, cache_path=tmp_path / "spaced.json")
+        assert precision == "fp32" and "no TF32" in reason and "loss.penalty_interval = 4" in reason, reason
+    assert "loss.penalty_interval" in devices.bf16_caution(spaced, "bf16")
+    assert not devices.needs_full_fp32(spaced.replace({"loss.penalty_interval": 1}))
+    assert not devices.needs_full_fp32(load_preset("tf-dcgan-tutorial").replace(  # measured for the relativistic loss only
+        {"loss.r1_gamma": 1.0, "loss.penalty_interval": 4}))
 
     # With labels the held run still trained worse in bf16 (two seeds, training images): full fp32 again.
     labelled = load_preset("r3gan").replace({"model.conditional": True})
@@ -188,8 +198,10 @@ def test_cuda_training_autotunes_convolutions_and_uses_tf32_only_in_fp32(backend
     unheld = load_preset("r3gan").replace({"loss.drift_penalty": 0.0})
     devices.configure_backends(unheld, CUDA, "fp32")
     assert backend_flags() == (True, False, False)  # full fp32 (devices.needs_full_fp32)
-    devices.configure_backends(load_preset("r3gan"), CUDA, "fp32")
+    devices.configure_backends(load_preset("stacked-r3gan"), CUDA, "fp32")
     assert backend_flags() == (True, True, True)  # the drift term holds the level: TF32 is fine
+    devices.configure_backends(load_preset("r3gan"), CUDA, "fp32")
+    assert backend_flags() == (True, False, False)  # the level held, but its spaced penalties broke in bf16: full fp32
 
 
 def test_cpu_training_leaves_the_cuda_flags_alone(backend_flags):

@@ -803,8 +803,11 @@ def test_a_resumed_run_keeps_its_precision_and_a_bf16_run_of_a_level_blind_loss_
     r3gan = load_preset("r3gan")
     assert train_module._precision_trained_in(r3gan, cpu, {"precision": "fp32", "device_type": "cpu"}) == \
         ("fp32", "as this run trained so far")
-    # On the CPU the drift term holds the level, so bf16 needs no caution there; without it, it does.
-    assert train_module._precision_trained_in(r3gan, cpu, {"precision": "bf16", "device_type": "cpu"}) == \
+    # A bf16 run that needs full fp32 is cautioned: r3gan's spaced penalties, or no drift term to hold the level.
+    precision, reason = train_module._precision_trained_in(r3gan, cpu, {"precision": "bf16", "device_type": "cpu"})
+    assert precision == "bf16" and reason.startswith("as this run trained so far, though bf16 broke"), reason
+    stacked = load_preset("stacked-r3gan")
+    assert train_module._precision_trained_in(stacked, cpu, {"precision": "bf16", "device_type": "cpu"}) == \
         ("bf16", "as this run trained so far")
     unheld = r3gan.replace({"loss.drift_penalty": 0.0})
     precision, reason = train_module._precision_trained_in(unheld, cpu, {"precision": "bf16", "device_type": "cpu"})

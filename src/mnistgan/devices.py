@@ -199,7 +199,8 @@ def choose_precision(config: Config, device: torch.device,
     """The precision to train in and why: ``("fp32", "measured 12.1 ms fp32 vs 17.9 ms bf16 per probe step")``.
 
     A forced ``performance.precision`` (fp32 or bf16) is kept. "auto" for the relativistic and
-    wasserstein-gp losses without a drift term or with labels: full fp32 (``needs_full_fp32``).
+    wasserstein-gp losses without a drift term or with labels, and for the relativistic loss with
+    R1/R2 spaced out: full fp32 (``needs_full_fp32``).
     Otherwise "auto" on CUDA: bf16 for the conv nets, fp32 (with TF32) for the MLPs, whose matrix
     products at batch 64 are too small for bf16 to pay for its casts. "auto" on the CPU: fp32
     without native bf16 (emulated bf16 is far slower; no probe runs); with it, whichever a probe of
@@ -258,7 +259,7 @@ def needs_full_fp32(config: Config) -> bool:
 def full_fp32_cause(config: Config) -> str | None:
     """Why this run must compute in full fp32, or None where it need not: the losses blind to the
     common level of D's logits, relativistic and wasserstein-gp, unless a drift term holds that level
-    and the run is unconditional.
+    and the run is unconditional, and for the relativistic loss, R1 and R2 on every D update.
 
     Their D loss sees only differences of D's logits (and the penalties only gradients), so nothing
     holds the logits' common level, and it drifts. Once the level is large, a bf16 logit (an 8-bit
@@ -274,6 +275,13 @@ def full_fp32_cause(config: Config) -> str | None:
     With labels, though, r3gan with the drift term trained worse in bf16 than in fp32 on both seeds
     compared, on the training images (FD and recall; docs/baseline-experiments.md, "r3gan for longer, and with
     labels"), with the level held: the cause is not known, so such a run keeps full fp32 too.
+
+    Without labels and with the level held, bf16 still broke r3gan, whose R1 and R2 come on every
+    fourth D update at four times the weight: after about 40 epochs its FD climbed from 0.7-0.9 to
+    1.3-12 on a GPU and on a CPU (two seeds each), where the same checkpoint resumed in fp32 kept
+    improving, and so did one with only the penalised updates in fp32. stacked-r3gan, its penalties
+    on every update, trained 60-87 epochs in bf16 without such a break (docs/baseline-experiments.md,
+    "bf16 breaks r3gan after 40 epochs"). So the relativistic loss with spaced penalties keeps full fp32.
     """
     loss = config.loss.adversarial
     if loss not in ("relativistic", "wasserstein-gp"):
@@ -282,6 +290,9 @@ def full_fp32_cause(config: Config) -> str | None:
         return f"the {loss} loss's logits drift (no loss.drift_penalty holds them) and bf16 can round away their differences"
     if config.model.conditional:
         return f"with labels the {loss} loss trained worse in bf16 than in fp32, its level held (docs/baseline-experiments.md)"
+    if loss == "relativistic" and config.loss.penalty_interval > 1:
+        return (f"bf16 broke the {loss} loss with R1/R2 spaced out (loss.penalty_interval = {config.loss.penalty_interval}) "
+                "after ~40 epochs, its level held (docs/baseline-experiments.md)")
     return None
 
 
