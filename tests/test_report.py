@@ -212,3 +212,16 @@ def test_report_out_errors_are_one_line(run_dir, tmp_path, capsys, out, words):
 def test_each_test_gets_its_own_unevaluated_run(run_dir, trained_run):
     """The copy is fresh: no metrics.json from another test, and a different folder from the shared run."""
     assert run_dir != trained_run and not (run_dir / "metrics.json").exists() and not (trained_run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("alike", [None, "within class 3, the samples are nearly alike (0.21 of the training images' spread)"])
+def test_a_failed_collapse_check_is_a_warning_row(run_dir, alike):
+    # The collapse check's findings live in the last checkpoint (metrics/spread.py, training.TrainingState).
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    state["alike"], state["alike_since"] = alike, (2 if alike else None)
+    save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+    page = html.unescape(render_report(RunPaths(run_dir)))
+    if alike:
+        assert f"<th>warning</th><td>at the latest grid, and since epoch 2, {alike}: G has collapsed" in page
+    else:
+        assert "collapsed" not in page

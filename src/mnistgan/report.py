@@ -68,7 +68,8 @@ def render_report(paths: RunPaths) -> str:
     parts = [f"<h1>{_text(title)}</h1>"]
     if config.description:
         parts.append(f"<p>{_text(config.description)}</p>")
-    parts.append(_table(_summary(config, losses, _trained_precision(config, paths))))
+    state = _last_state(paths)
+    parts.append(_table(_summary(config, losses, _trained_precision(config, state), state)))
 
     grids = paths.sample_images()
     pictures = [(paths.progress_gif, "the grids over training", True), (paths.loss_curves, "losses and D's outputs", False),
@@ -100,7 +101,7 @@ def render_report(paths: RunPaths) -> str:
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def _summary(config: Config, losses: dict, precision: str) -> list[tuple[str, str]]:
+def _summary(config: Config, losses: dict, precision: str, state: dict | None) -> list[tuple[str, str]]:
     model, loss, optim, train = config.model, config.loss, config.optim, config.train
     epochs_done = int(losses["epoch"].max()) if "epoch" in losses else 0
     rows = [
@@ -126,18 +127,29 @@ def _summary(config: Config, losses: dict, precision: str) -> list[tuple[str, st
     broken = _first_breakdown(loss.adversarial, losses, precision)
     if broken:
         rows.append(("warning", f"training broke down at {broken}"))
+    if state and state.get("alike"):  # the collapse check (metrics/spread.py) failed at the latest grid
+        rows.append(("warning", f"at the latest grid, and since epoch {state.get('alike_since')}, {state['alike']}: "
+                                "G has collapsed, or not yet learned variety"))
     return rows
 
 
-def _trained_precision(config: Config, paths: RunPaths) -> str:
+def _last_state(paths: RunPaths) -> dict | None:
+    """The run's last checkpoint, or None where there is none yet or it is damaged (the report still
+    renders; resuming says what is wrong with it)."""
+    if not paths.last_checkpoint.is_file():
+        return None
+    try:
+        return load_checkpoint(paths.last_checkpoint)
+    except UserError:
+        return None
+
+
+def _trained_precision(config: Config, state: dict | None) -> str:
     """What the run computed in: the config's precision where forced; under 'auto', the choice its last
     checkpoint records ('auto' where there is none to read, and bf16's own breakdown check is skipped)."""
-    if config.performance.precision != "auto" or not paths.last_checkpoint.is_file():
+    if config.performance.precision != "auto" or state is None:
         return config.performance.precision
-    try:
-        return str(load_checkpoint(paths.last_checkpoint).get("precision", "auto"))
-    except UserError:  # damaged: the report still renders; resuming says what is wrong with it
-        return "auto"
+    return str(state.get("precision", "auto"))
 
 
 def _precision_words(setting: str, trained_in: str) -> str:
