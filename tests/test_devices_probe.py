@@ -130,6 +130,19 @@ def test_rounds_that_disagree_are_not_cached(native_bf16, cache):
     assert not cache.exists()
 
 
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_too_few_rounds_are_not_cached(native_bf16, cache, rounds):
+    # A big network, or a busy machine, leaves time for a round or two before the probe's deadline: one
+    # unlucky round would otherwise decide every later run of these networks.
+    timer = FakeTimer(fp32=0.8, bf16=1.4, rounds=rounds)
+    precision, reason = devices.choose_precision(load_preset("stacked-dcgan"), CPU, timer=timer)
+    assert precision == "fp32" and reason.endswith(f"{rounds} round{'s' if rounds > 1 else ''} only, not cached"), reason
+    assert not cache.exists()
+    timer = FakeTimer(fp32=0.8, bf16=1.4, rounds=devices.PROBE_MIN_ROUNDS)
+    assert devices.choose_precision(load_preset("stacked-dcgan"), CPU, timer=timer)[1].startswith("measured")
+    assert cache.exists()
+
+
 def test_without_native_bf16_nothing_is_probed(monkeypatch, cache):
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
 

@@ -207,8 +207,8 @@ def choose_precision(config: Config, device: torch.device,
     this run's networks measures faster (bf16 only when ``BF16_MARGIN`` faster), cached in
     ``cache_path`` (default ``precision_cache_path()``).
     ``timer(config, precisions)`` returns each precision's seconds per step, one per round, rounds
-    paired by position (default ``measure_step_seconds``); the choice is cached only when at least
-    ``AGREEMENT`` of the rounds agree with it.
+    paired by position (default ``measure_step_seconds``); the choice is cached only when there are
+    at least ``PROBE_MIN_ROUNDS`` rounds and ``AGREEMENT`` of them agree with it.
     """
     precision = config.performance.precision
     if precision != "auto":
@@ -236,11 +236,15 @@ def choose_precision(config: Config, device: torch.device,
     fp32, bf16 = statistics.median(rounds["fp32"]), statistics.median(rounds["bf16"])
     choice = "bf16" if bf16 < fp32 * (1 - BF16_MARGIN) else "fp32"
     agreeing = sum((b < f * (1 - BF16_MARGIN)) == (choice == "bf16") for f, b in zip(rounds["fp32"], rounds["bf16"]))
-    conclusive = agreeing >= AGREEMENT * min(len(rounds["fp32"]), len(rounds["bf16"]))
+    paired = min(len(rounds["fp32"]), len(rounds["bf16"]))
     first, second = (bf16, fp32) if choice == "bf16" else (fp32, bf16)
     other = "fp32" if choice == "bf16" else "bf16"
     reason = f"measured {first * 1e3:.1f} ms {choice} vs {second * 1e3:.1f} ms {other} per probe step"
-    if not conclusive:  # a busy machine: the rounds disagree; the next run measures again
+    # Not cached where the next run may measure otherwise: the rounds disagree (a busy machine), or too few
+    # to tell (big networks, or a machine so busy that the probe's deadline came after a round or two).
+    if paired < PROBE_MIN_ROUNDS:
+        return choice, f"{reason}; {paired} round{'s' if paired > 1 else ''} only, not cached"
+    if agreeing < AGREEMENT * paired:
         return choice, f"{reason}; the rounds disagree, not cached"
     entries = {k: v for k, v in entries.items() if _valid_entry(v)}
     entries[key] = {"precision": choice, "reason": reason, "fp32_ms": round(fp32 * 1e3, 3), "bf16_ms": round(bf16 * 1e3, 3),
