@@ -806,6 +806,7 @@ def test_a_resumed_run_keeps_its_precision_and_a_bf16_run_of_a_level_blind_loss_
     # A bf16 run that needs full fp32 is cautioned: r3gan's spaced penalties, or no drift term to hold the level.
     precision, reason = train_module._precision_trained_in(r3gan, cpu, {"precision": "bf16", "device_type": "cpu"})
     assert precision == "bf16" and reason.startswith("as this run trained so far, though bf16 broke"), reason
+    assert reason.endswith("(resume with --set performance.precision=fp32 to switch)"), reason
     stacked = load_preset("stacked-r3gan")
     assert train_module._precision_trained_in(stacked, cpu, {"precision": "bf16", "device_type": "cpu"}) == \
         ("bf16", "as this run trained so far")

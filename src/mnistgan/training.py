@@ -95,7 +95,9 @@ def _precision_trained_in(config: Config, device: torch.device, state: dict | No
     if state is None or config.performance.precision != "auto":
         return None
     if state.get("precision") and state.get("device_type") == device.type:
-        return state["precision"], "as this run trained so far" + bf16_caution(config, state["precision"])
+        caution = bf16_caution(config, state["precision"])
+        switch = " (resume with --set performance.precision=fp32 to switch)" if caution else ""
+        return state["precision"], "as this run trained so far" + caution + switch
     return None
 
 
