@@ -22,6 +22,7 @@ from .files import write_text_atomically
 from .losses import breakdown
 from .metrics import METRIC_KEYS
 from .metrics.generators import default_samples
+from .metrics.spread import VERDICT as COLLAPSE_VERDICT
 from .rundir import RunPaths, read_csv_columns, read_metrics, require_run_dir
 from .step import STAT_COLUMNS
 
@@ -129,7 +130,7 @@ def _summary(config: Config, losses: dict, precision: str, state: dict | None) -
         rows.append(("warning", f"training broke down at {broken}"))
     if state and state.get("alike"):  # the collapse check (metrics/spread.py) failed at the latest grid
         rows.append(("warning", f"at the latest grid, and since epoch {state.get('alike_since')}, {state['alike']}: "
-                                "G has collapsed, or not yet learned variety"))
+                                f"{COLLAPSE_VERDICT}"))
     return rows
 
 

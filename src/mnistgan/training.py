@@ -28,7 +28,7 @@ from .distributed import Distributed
 from .errors import UserError, option
 from .metrics.evaluator import load_evaluator
 from .metrics.generators import evaluation_seed, metrics_record, real_floor, score_generator
-from .metrics.spread import SpreadCheck
+from .metrics.spread import VERDICT as COLLAPSE_VERDICT, SpreadCheck
 from .plots import image_grid, plot_losses, plot_metrics, save_gif, save_image
 from .report import refresh_report
 from .rundir import (RunPaths, append_csv, file_system_failure, prepare_resume, read_csv_columns, read_metrics, start_run,
@@ -202,7 +202,7 @@ def _finish(state: "TrainingState", outputs: "RunOutputs", paths: RunPaths, stop
         stop.say(f"warning: training broke down at {state.breakdown}; the samples are likely poor "
                  "(lower the learning rates, change the loss, or set train.stop_on_breakdown = true)")
     if state.alike:  # the last epoch's check failed (the last epoch always draws a grid)
-        stop.say(f"warning: in the final samples, {state.alike}: G has collapsed, or not yet learned variety "
+        stop.say(f"warning: in the final samples, {state.alike}: {COLLAPSE_VERDICT} "
                  "(lower the learning rates, change the loss, or train longer)")
     if stop.signals:  # asked to stop while the last epoch's outputs were written: all of them are on disk
         unscored = f", but not scored: `mnistgan train --resume {paths.root}` scores it" if stopped_unscored else ""
@@ -507,7 +507,7 @@ class RunOutputs:
             # Not said in the run's first quarter: many GANs draw alike samples for their first epochs and
             # then spread out (docs/reliability.md, "Collapse").
             if state.alike and epoch > schedule.epochs / 4:
-                collapse = f"since epoch {state.alike_since}, {state.alike}: G has collapsed, or not yet learned variety"
+                collapse = f"since epoch {state.alike_since}, {state.alike}: {COLLAPSE_VERDICT}"
             if self.tensorboard and spreads:
                 self.tensorboard.scalars("samples", {"spread": min(spreads.values())}, step)
         means = epoch_stats.mean(0).tolist()

@@ -22,6 +22,8 @@ MIN_REAL = 8  # a class with fewer training images is not checked: its spread sa
 # reliability.md, "Collapse"): trained generators 0.75-1.04 per class, ones that draw a single image
 # (per class) 0.12-0.41.
 ALIKE = 0.5
+# What alike samples say, wherever a run reports them (epoch line, end of training, report).
+VERDICT = "G has collapsed, or not yet learned variety"
 
 
 def pixel_spread(images: torch.Tensor) -> float:
